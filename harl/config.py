@@ -1,0 +1,418 @@
+"""Configuration: solo-learn's YAML schema, validated once at start-up.
+
+A config is an OmegaConf ``DictConfig`` in solo-learn's layout (``name``, ``method``,
+``backbone``, ``method_kwargs``, ``data``, ``augmentations``, ``optimizer``, ``scheduler``, ...).
+:func:`validate_cfg` walks it against :data:`SCHEMA`: an unknown key is an error that names the
+key and the closest valid one, a missing required key is an error that names it, and every
+optional key gets its default. :func:`parse_cfg` then derives what solo-learn's ``parse_cfg``
+derives (crop counts, number of classes, lr scaled by total batch / 256).
+
+Method-specific ``method_kwargs`` are validated against the method's own declared defaults
+(``METHODS[name].default_method_kwargs()``); optimizer ``kwargs`` against the optimizer's.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from harl.registry import close_match_hint
+
+
+class ConfigError(ValueError):
+    """Raised for an unknown, missing or invalid configuration key."""
+
+
+class _Required:
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return "<required>"
+
+
+class _Free:
+    """A mapping whose keys are not checked here (checked elsewhere, or passed through)."""
+
+    def __init__(self, default: Optional[dict] = None):
+        self.default = default or {}
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return "<free mapping>"
+
+
+REQUIRED = _Required()
+
+
+def FREE(default: Optional[dict] = None) -> _Free:
+    return _Free(default)
+
+
+class ListOf:
+    """A list whose items each follow ``item_schema``."""
+
+    def __init__(self, item_schema: dict, required: bool = True):
+        self.item_schema = item_schema
+        self.required = required
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+MASKS_SCHEMA: Dict[str, Any] = {
+    "enabled": False,
+    "root": None,  # masks tree mirroring the image tree
+    "val_root": None,  # masks tree for the validation images (dense probe)
+    "suffix": ".png",
+    "on_missing": "error",  # error | ones | zeros
+    "on_size_mismatch": "error",  # error | resize
+    "min_fg_frac": 0.2,  # crop acceptance: fg fraction inside the box must exceed this (null: off)
+    "max_tries": 5,
+    "crop_fallback": "last",  # last | best
+    "vflip_prob": 0.0,
+}
+
+AUGMENTATION_SCHEMA: Dict[str, Any] = {
+    "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+    "color_jitter": {"prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
+    "grayscale": {"prob": 0.0},
+    "gaussian_blur": {"prob": 0.0, "sigma_min": 0.1, "sigma_max": 2.0},
+    "solarization": {"prob": 0.0},
+    "equalization": {"prob": 0.0},
+    "horizontal_flip": {"prob": 0.5},
+    "mean": None,  # per-pipeline normalisation override (else the dataset's)
+    "std": None,
+    "crop_size": REQUIRED,
+    "num_crops": REQUIRED,
+}
+
+SCHEMA: Dict[str, Any] = {
+    "name": REQUIRED,
+    "method": REQUIRED,
+    "backbone": {"name": REQUIRED, "kwargs": FREE()},
+    "method_kwargs": FREE(),
+    "momentum": {"base_tau": 0.99, "final_tau": 1.0, "classifier": False},
+    "data": {
+        "dataset": REQUIRED,
+        "train_path": None,
+        "val_path": None,
+        "format": "image_folder",
+        "num_workers": 4,
+        "no_labels": False,
+        "fraction": -1.0,
+        "download": False,
+        "skip_corrupt": False,
+        "num_classes": None,  # derived unless given (custom datasets)
+        "masks": MASKS_SCHEMA,
+    },
+    "augmentations": ListOf(AUGMENTATION_SCHEMA),
+    "optimizer": {
+        "name": REQUIRED,
+        "batch_size": REQUIRED,
+        "lr": REQUIRED,
+        "classifier_lr": 0.1,
+        "weight_decay": REQUIRED,
+        "exclude_bias_n_norm_wd": False,
+        "kwargs": FREE(),
+    },
+    "scheduler": {
+        "name": "warmup_cosine",
+        "warmup_epochs": 10,
+        "warmup_start_lr": 3e-5,
+        "min_lr": 0.0,
+        "interval": "step",
+        "lr_decay_steps": None,
+    },
+    "checkpoint": {"enabled": False, "dir": "trained_models", "frequency": 1, "keep_prev": False},
+    "auto_resume": {"enabled": False, "max_hours": 36},
+    "knn_eval": {"enabled": False, "k": 20, "T": 0.07, "distance_func": "euclidean"},
+    "wandb": {"enabled": False, "project": "harl", "entity": None, "offline": True, "tags": None},
+    "logging": {"dir": "runs", "csv": True},
+    "performance": {"disable_channel_last": False},
+    "seed": 5,
+    "resume_from_checkpoint": None,
+    "debug_augmentations": False,
+    "no_validation": False,
+    "max_epochs": REQUIRED,
+    "devices": 1,
+    "num_nodes": 1,
+    "accelerator": "auto",
+    "strategy": "auto",
+    "precision": "32-true",
+    "sync_batchnorm": False,
+    "accumulate_grad_batches": 1,
+    # derived by parse_cfg; accepted so that a resolved config validates again
+    "num_large_crops": None,
+    "num_small_crops": None,
+    # solo-learn keys that harl accepts and ignores (with a warning when set)
+    "dali": FREE(),
+    "auto_umap": FREE(),
+}
+
+#: top-level keys solo-learn passes on to ``lightning.Trainer`` that harl handles itself
+_HANDLED_TRAINER_KEYS = {
+    "max_epochs",
+    "devices",
+    "num_nodes",
+    "accelerator",
+    "strategy",
+    "precision",
+    "sync_batchnorm",
+    "accumulate_grad_batches",
+}
+
+#: ``Trainer`` arguments harl owns (set from other config keys); a config may not set them
+_FORBIDDEN_TRAINER_KEYS = {"logger", "callbacks", "enable_checkpointing", "default_root_dir"}
+
+
+def trainer_init_keys() -> List[str]:
+    """Names accepted by ``lightning.Trainer.__init__`` (solo-learn passes these through)."""
+    from lightning.pytorch import Trainer
+
+    return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+
+
+DATASET_NUM_CLASSES = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "stl10": 10,
+    "imagenet": 1000,
+    "imagenet100": 100,
+    "fashion_mnist": 10,
+    "fashion_scenes": 10,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_mapping(x) -> bool:
+    return isinstance(x, (Mapping, DictConfig))
+
+
+def _to_plain(x):
+    if isinstance(x, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(x, resolve=True)
+    return x
+
+
+def _unknown(path: str, key: str, valid: Iterable[str]) -> ConfigError:
+    where = f"{path}.{key}" if path else key
+    return ConfigError(f"unknown config key '{where}'{close_match_hint(key, valid)}")
+
+
+def _check_mapping(value: Mapping, schema: Mapping, path: str, extra_valid: Iterable[str] = ()) -> dict:
+    """Validate ``value`` against ``schema``; return a plain dict with defaults filled in."""
+    if value is None:
+        value = {}
+    if not _is_mapping(value):
+        raise ConfigError(f"config key '{path}' must be a mapping, got {type(value).__name__}")
+    extra_valid = set(extra_valid)
+    out: dict = {}
+    for key in value:
+        if key not in schema and key not in extra_valid:
+            raise _unknown(path, key, list(schema) + sorted(extra_valid))
+    for key, spec in schema.items():
+        where = f"{path}.{key}" if path else key
+        present = key in value and not (isinstance(value, DictConfig) and OmegaConf.is_missing(value, key))
+        if isinstance(spec, _Required):
+            if not present or value[key] is None:
+                raise ConfigError(f"missing required config key '{where}'")
+            out[key] = _to_plain(value[key])
+        elif isinstance(spec, _Free):
+            v = _to_plain(value[key]) if present else None
+            if v is not None and not isinstance(v, dict):
+                raise ConfigError(f"config key '{where}' must be a mapping, got {type(v).__name__}")
+            out[key] = copy.deepcopy(spec.default) if v is None else v
+        elif isinstance(spec, ListOf):
+            if not present or value[key] is None:
+                if spec.required:
+                    raise ConfigError(f"missing required config key '{where}'")
+                out[key] = []
+                continue
+            items = _to_plain(value[key])
+            if not isinstance(items, list) or not items:
+                raise ConfigError(f"config key '{where}' must be a non-empty list")
+            out[key] = [_check_mapping(item, spec.item_schema, f"{where}[{i}]") for i, item in enumerate(items)]
+        elif isinstance(spec, dict):
+            out[key] = _check_mapping(value[key] if present else {}, spec, where)
+        else:
+            out[key] = _to_plain(value[key]) if present else copy.deepcopy(spec)
+    for key in extra_valid:
+        if key in value:
+            out[key] = _to_plain(value[key])
+    return out
+
+
+def _normalise_none_strings(x):
+    """solo-learn turns the string "None" into None everywhere."""
+    if isinstance(x, dict):
+        return {k: _normalise_none_strings(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_normalise_none_strings(v) for v in x]
+    if isinstance(x, str) and x in ("None", "none", "null"):
+        return None
+    return x
+
+
+def check_kwargs(given: Optional[Mapping], defaults: Mapping, path: str, required: Iterable[str] = ()) -> dict:
+    """Validate a free-form kwargs block (``method_kwargs``, ``optimizer.kwargs``).
+
+    Unknown keys are errors with a close-match hint; missing keys take ``defaults``;
+    keys in ``required`` must be given.
+    """
+    given = dict(_to_plain(given) or {})
+    for key in given:
+        if key not in defaults and key not in required:
+            raise _unknown(path, key, list(defaults) + list(required))
+    for key in required:
+        if key not in given or given[key] is None:
+            raise ConfigError(f"missing required config key '{path}.{key}'")
+    out = copy.deepcopy(dict(defaults))
+    out.update(given)
+    return out
+
+
+def validate_cfg(cfg: Any) -> DictConfig:
+    """Check ``cfg`` against :data:`SCHEMA` and fill defaults; returns a new ``DictConfig``.
+
+    Also validates ``method_kwargs`` against the chosen method's declared defaults and
+    ``optimizer.kwargs`` against the chosen optimizer's.
+    """
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        raw = copy.deepcopy(dict(cfg))
+    raw.pop("defaults", None)
+    raw.pop("hydra", None)
+    raw = _normalise_none_strings(raw)
+    trainer_keys = set(trainer_init_keys())
+    bad = _FORBIDDEN_TRAINER_KEYS & set(raw)
+    if bad:
+        raise ConfigError(f"config key(s) {sorted(bad)} are set by harl itself and cannot be given")
+    extra = trainer_keys - set(SCHEMA) - _HANDLED_TRAINER_KEYS - _FORBIDDEN_TRAINER_KEYS
+    out = _check_mapping(raw, SCHEMA, "", extra_valid=extra)
+
+    for ignored in ("dali", "auto_umap"):
+        if out[ignored]:
+            warnings.warn(f"config block '{ignored}' is accepted for solo-learn compatibility and ignored")
+    if out["data"]["format"] == "dali":
+        warnings.warn("data.format 'dali' is not supported by harl; reading the images with the image_folder loader")
+        out["data"]["format"] = "image_folder"
+
+    from harl.methods import METHODS  # late import: methods import this module
+    from harl.optim import OPTIMIZERS
+
+    method_cls = METHODS.get(out["method"]) if out["method"] in METHODS else None
+    if method_cls is None:
+        raise ConfigError(f"unknown method '{out['method']}'{close_match_hint(out['method'], METHODS.names())}")
+    out["method_kwargs"] = check_kwargs(
+        out["method_kwargs"],
+        method_cls.default_method_kwargs(),
+        "method_kwargs",
+        required=method_cls.required_method_kwargs(),
+    )
+    opt_name = out["optimizer"]["name"]
+    if opt_name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{opt_name}'{close_match_hint(opt_name, OPTIMIZERS.names())}")
+    out["optimizer"]["kwargs"] = check_kwargs(
+        out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs"
+    )
+    _check_values(out)
+    return OmegaConf.create(out)
+
+
+def _choice(value, allowed, where):
+    if value not in allowed:
+        raise ConfigError(f"config key '{where}' = {value!r} must be one of {list(allowed)}{close_match_hint(value, allowed)}")
+
+
+def _check_values(out: dict) -> None:
+    from harl.data.registry import DATASETS
+
+    _choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
+    _choice(out["data"]["format"], ["image_folder"], "data.format")
+    _choice(out["data"]["masks"]["on_missing"], ["error", "ones", "zeros"], "data.masks.on_missing")
+    _choice(out["data"]["masks"]["on_size_mismatch"], ["error", "resize"], "data.masks.on_size_mismatch")
+    _choice(out["data"]["masks"]["crop_fallback"], ["last", "best"], "data.masks.crop_fallback")
+    _choice(out["scheduler"]["name"], ["warmup_cosine", "step", "none", "cosine"], "scheduler.name")
+    _choice(out["scheduler"]["interval"], ["step", "epoch"], "scheduler.interval")
+    _choice(out["knn_eval"]["distance_func"], ["euclidean", "cosine"], "knn_eval.distance_func")
+    if not isinstance(out["max_epochs"], int) or out["max_epochs"] < 1:
+        raise ConfigError(f"config key 'max_epochs' must be a positive integer, got {out['max_epochs']!r}")
+    if int(out["optimizer"]["batch_size"]) < 1:
+        raise ConfigError("config key 'optimizer.batch_size' must be >= 1")
+    for i, aug in enumerate(out["augmentations"]):
+        if int(aug["num_crops"]) < 1 or int(aug["crop_size"]) < 1:
+            raise ConfigError(f"config key 'augmentations[{i}]': crop_size and num_crops must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived values (solo-learn's parse_cfg)
+# ---------------------------------------------------------------------------------------------
+
+
+def num_devices(cfg) -> int:
+    devices = cfg.devices
+    if isinstance(devices, (list, ListConfig)):
+        return len(devices)
+    if isinstance(devices, str):
+        if devices in ("auto", "-1"):
+            return 1
+        return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
+    return max(1, int(devices))
+
+
+def parse_cfg(cfg: Any) -> DictConfig:
+    """Validate ``cfg`` and derive what solo-learn derives.
+
+    - ``num_large_crops`` / ``num_small_crops`` from the augmentation pipelines (a pipeline whose
+      crop_size equals the first one's is "large");
+    - ``data.num_classes`` from the dataset table, or the number of class folders for ``custom``;
+    - ``optimizer.lr`` and ``optimizer.classifier_lr`` × batch_size · devices · num_nodes / 256.
+    """
+    cfg = validate_cfg(cfg)
+    large = cfg.augmentations[0].crop_size
+    cfg.num_large_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size == large))
+    cfg.num_small_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size != large))
+    if cfg.data.num_classes is None:
+        if cfg.data.dataset in DATASET_NUM_CLASSES:
+            cfg.data.num_classes = DATASET_NUM_CLASSES[cfg.data.dataset]
+        else:
+            cfg.data.num_classes = count_class_folders(cfg.data.train_path, cfg.data.no_labels)
+    scale = cfg.optimizer.batch_size * num_devices(cfg) * cfg.num_nodes / 256
+    cfg.optimizer.lr = float(cfg.optimizer.lr) * scale
+    cfg.optimizer.classifier_lr = float(cfg.optimizer.classifier_lr) * scale
+    return cfg
+
+
+def count_class_folders(path: Optional[str], no_labels: bool) -> int:
+    """Number of classes of a custom image folder: max(1, #subfolders)."""
+    import os
+
+    if no_labels or not path:
+        return 1
+    if not os.path.isdir(path):
+        raise ConfigError(f"data.train_path '{path}' does not exist or is not a directory")
+    return max(1, sum(1 for e in os.scandir(path) if e.is_dir()))
+
+
+def load_yaml(path: str, overrides: Iterable[str] = ()) -> DictConfig:
+    """Compose a YAML config (Hydra defaults lists and ``key=value`` overrides supported)."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' does not exist")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=os.path.dirname(path), version_base="1.2"):
+        cfg = compose(config_name=os.path.basename(path), overrides=list(overrides))
+    OmegaConf.set_struct(cfg, False)
+    return cfg

@@ -1,0 +1,84 @@
+"""A small name → object registry with helpful errors.
+
+Used for methods, backbones, optimizers, schedulers, datasets and mask generators so that
+nothing is looked up through ``if name == ...`` chains.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict, Generic, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+def close_match_hint(name: str, candidates) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""``."""
+    matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.5)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; ``register`` works as a decorator.
+
+    >>> METHODS = Registry("method")
+    >>> @METHODS.register("byol")
+    ... class BYOL: ...
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, T] = {}
+
+    def register(self, name: str, obj: Optional[T] = None):
+        if obj is not None:
+            self._add(name, obj)
+            return obj
+
+        def decorator(o: T) -> T:
+            self._add(name, o)
+            return o
+
+        return decorator
+
+    def _add(self, name: str, obj: T) -> None:
+        if name in self._items and self._items[name] is not obj:
+            raise KeyError(f"{self.kind} '{name}' is already registered")
+        self._items[name] = obj
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(
+                f"unknown {self.kind} '{name}'{close_match_hint(name, self._items)}; "
+                f"available: {', '.join(sorted(self._items))}"
+            ) from None
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def names(self):
+        return sorted(self._items)
+
+    def items(self):
+        return sorted(self._items.items())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+def lookup(table: Dict[str, Callable], name: str, kind: str):
+    """Look ``name`` up in a plain dict with the same error style as :class:`Registry`."""
+    if name not in table:
+        raise KeyError(f"unknown {kind} '{name}'{close_match_hint(name, table)}; available: {', '.join(sorted(table))}")
+    return table[name]
