@@ -129,7 +129,6 @@ SCHEMA: Dict[str, Any] = {
     "auto_resume": {"enabled": False, "max_hours": 36},
     "knn_eval": {"enabled": False, "k": 20, "T": 0.07, "distance_func": "euclidean"},
     "wandb": {"enabled": False, "project": "harl", "entity": None, "offline": True, "tags": None},
-    "logging": {"dir": "runs", "csv": True},
     "performance": {"disable_channel_last": False},
     "seed": 5,
     "resume_from_checkpoint": None,
@@ -332,6 +331,7 @@ def _choice(value, allowed, where):
 
 
 def _check_values(out: dict) -> None:
+    import harl.data  # noqa: F401  (registers the datasets)
     from harl.data.registry import DATASETS
 
     _choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")

@@ -1,0 +1,65 @@
+"""Shared CLI plumbing: solo-learn-style ``--config-path/--config-name`` + Hydra overrides."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig
+
+
+def split_config_args(argv: Sequence[str], prog: str, description: str) -> Tuple[str, List[str]]:
+    """Parse ``[--config-path DIR --config-name NAME | CONFIG.yaml] [key=value ...]``.
+
+    Returns (absolute config file path, overrides).
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog="Overrides use Hydra syntax: key=value, +new_key=value, ~key. Example: "
+               f"{prog} --config-path scripts/pretrain/cifar --config-name byol.yaml max_epochs=10 "
+               "data.train_path=./datasets",
+    )
+    parser.add_argument("config", nargs="?", help="a YAML config file (alternative to --config-path/--config-name)")
+    parser.add_argument("--config-path", "-cp", dest="config_path", help="folder holding the config (Hydra style)")
+    parser.add_argument("--config-name", "-cn", dest="config_name", help="config file name inside --config-path")
+    args, rest = parser.parse_known_args(list(argv))
+    overrides = [a for a in rest]
+    if args.config and "=" in args.config:
+        overrides.insert(0, args.config)
+        args.config = None
+    unknown_flags = [a for a in overrides if a.startswith("-")]
+    if unknown_flags:
+        parser.error(f"unrecognised option(s): {' '.join(unknown_flags)}")
+    if args.config:
+        path = args.config
+    elif args.config_name:
+        name = args.config_name if args.config_name.endswith((".yaml", ".yml")) else args.config_name + ".yaml"
+        path = os.path.join(args.config_path or ".", name)
+    else:
+        parser.error("give a config: CONFIG.yaml, or --config-path DIR --config-name NAME")
+    return os.path.abspath(path), overrides
+
+
+def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> DictConfig:
+    from harl.config import load_yaml
+
+    path, overrides = split_config_args(sys.argv[1:] if argv is None else argv, prog, description)
+    return load_yaml(path, overrides)
+
+
+def run_cli(fn, argv=None) -> int:
+    """Run ``fn(argv)``, turning configuration and input errors into a one-line message + exit 2."""
+    from harl.checkpoint import CheckpointMismatchError
+    from harl.config import ConfigError
+
+    try:
+        fn(argv)
+    except (ConfigError, CheckpointMismatchError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

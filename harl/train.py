@@ -1,0 +1,154 @@
+"""Pretraining: config → data, method, loggers, callbacks, Lightning Trainer → run folder.
+
+:func:`pretrain` is what ``harl-pretrain`` runs; it is importable so tests and notebooks can run a
+config directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+
+from harl.checkpoint import Checkpointer, find_resumable, new_version, run_root
+from harl.config import ConfigError, num_devices, parse_cfg
+from harl.methods import METHODS
+
+log = logging.getLogger("harl")
+
+
+class EpochSeeder(Callback):
+    """Re-seeds torch / numpy / random at the start of every epoch from (seed, epoch, rank).
+
+    Data order and augmentations then depend only on the epoch, so a run resumed from an
+    end-of-epoch checkpoint sees the same batches as an uninterrupted run.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        s = (self.seed * 1_000_003 + trainer.current_epoch * 1009 + trainer.global_rank) % (2**31 - 1)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+
+
+def resolve_accelerator(cfg: DictConfig) -> dict:
+    """Trainer accelerator/devices/strategy from the config, with clear errors on this machine."""
+    acc = str(cfg.accelerator)
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"accelerator '{acc}' was requested but no CUDA device is available; "
+                          "override with accelerator=cpu (and devices=1)")
+    devices: Any = cfg.devices
+    if acc == "cpu" or (acc == "auto" and not torch.cuda.is_available()):
+        devices = num_devices(cfg)
+    elif not isinstance(devices, (int, str)):
+        devices = list(devices)
+    strategy = cfg.strategy or "auto"
+    if strategy == "ddp" and num_devices(cfg) * int(cfg.num_nodes) == 1:
+        strategy = "auto"
+    return {"accelerator": acc, "devices": devices, "strategy": strategy}
+
+
+def trainer_extra_kwargs(cfg: DictConfig) -> dict:
+    """Top-level config keys that are ``Trainer`` arguments not handled elsewhere (solo-learn style)."""
+    from harl.config import SCHEMA, trainer_init_keys
+
+    out = {}
+    for key in trainer_init_keys():
+        if key in cfg and key not in SCHEMA and cfg[key] is not None:
+            out[key] = cfg[key]
+    return out
+
+
+@dataclass
+class PretrainResult:
+    run_dir: str
+    version: str
+    trainer: Trainer
+    model: Any
+    last_checkpoint: Optional[str]
+
+
+def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> PretrainResult:
+    """Run pretraining for a (raw or parsed) config; returns the run folder and the trained model."""
+    from harl.data import build_pretrain_dataset, build_pretrain_loader, build_val_dataset, build_val_loader
+
+    if "num_large_crops" not in cfg or cfg.num_large_crops is None:
+        cfg = parse_cfg(cfg)
+    method_cls = METHODS.get(cfg.method)
+    seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    ckpt_path = cfg.resume_from_checkpoint
+    run_dir = None
+    if ckpt_path is not None and not os.path.isfile(str(ckpt_path)):
+        raise ConfigError(f"resume_from_checkpoint '{ckpt_path}' does not exist")
+    if ckpt_path is None and cfg.auto_resume.enabled:
+        ckpt_path, run_dir = find_resumable(cfg)
+        if ckpt_path:
+            log.warning("auto-resume: continuing %s", ckpt_path)
+    if ckpt_path is not None and run_dir is None:
+        run_dir = os.path.dirname(os.path.abspath(str(ckpt_path)))
+    version = os.path.basename(run_dir) if run_dir else new_version(cfg.wandb.enabled)
+    if run_dir is None:
+        run_dir = os.path.join(run_root(cfg), version)
+
+    train_ds = build_pretrain_dataset(cfg)
+    train_loader = build_pretrain_loader(cfg, train_ds)
+    val_loader = None
+    if not cfg.no_validation:
+        val_ds = build_val_dataset(cfg)
+        val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
+
+    model = method_cls(cfg)
+
+    loggers: List[Any] = [CSVLogger(save_dir=run_dir, name="", version="")]
+    if cfg.wandb.enabled:
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(WandbLogger(name=cfg.name, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                                   offline=bool(cfg.wandb.offline), id=version, save_dir=run_dir,
+                                   tags=list(cfg.wandb.tags) if cfg.wandb.tags else None, resume="allow"))
+
+    cbs: List[Callback] = [
+        EpochSeeder(cfg.seed),
+        Checkpointer(cfg, run_dir, version, enabled=cfg.checkpoint.enabled,
+                     frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    extra = trainer_extra_kwargs(cfg)
+    if extra.get("enable_progress_bar", True):
+        cbs.append(TQDMProgressBar(refresh_rate=max(1, int(extra.pop("progress_bar_refresh_rate", 1) or 1))))
+    cbs.extend(callbacks or [])
+
+    acc = resolve_accelerator(cfg)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer = Trainer(
+            max_epochs=int(cfg.max_epochs),
+            num_nodes=int(cfg.num_nodes),
+            precision=cfg.precision,
+            sync_batchnorm=bool(cfg.sync_batchnorm) and acc["strategy"] != "auto",
+            accumulate_grad_batches=int(cfg.accumulate_grad_batches),
+            logger=loggers,
+            callbacks=cbs,
+            enable_checkpointing=False,
+            default_root_dir=run_dir,
+            **acc,
+            **extra,
+        )
+        trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+    checkpointer = next(c for c in cbs if isinstance(c, Checkpointer))
+    return PretrainResult(run_dir, version, trainer, model, checkpointer.last_ckpt)
