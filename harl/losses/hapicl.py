@@ -95,6 +95,7 @@ def pixel_contrastive_loss_and_stats(
         (loss, stats) with stats ``frac_valid`` (fraction of images kept), ``n_valid``,
         ``pos_pair_frac`` (mean fraction of pairs that are positive), all detached 0-d tensors.
     """
+    variant = str(variant).upper()  # "a" and "A" name the same variant
     _check_choice(variant, PIX_VARIANTS, "pix_variant")
     if not temperature > 0:
         raise ValueError(f"pix_temperature must be > 0, got {temperature}")
@@ -141,7 +142,7 @@ def pixel_contrastive_loss(P1: torch.Tensor, P2: torch.Tensor, m1_fg: torch.Tens
     ``S_bij = exp(⟨P₁[b,:,i], P₂[b,:,j]⟩/τ)``, ``pos_b = Σ_ij S·Pos``, ``neg_b = Σ_ij S·Neg``
     (Pos/Neg from :func:`pixel_pair_masks`), then
 
-    - variant ``A``: ``mean_b −log[(pos_b + 1) / (pos_b + 1 + neg_b + 1)]``;
+    - variant ``A`` (case-insensitive): ``mean_b −log[(pos_b + 1) / (pos_b + 1 + neg_b + 1)]``;
     - variant ``B``: ``mean_b −log[(pos_b + 1e-5) / Σ_{b'}(pos_{b'} + neg_{b'})]`` (the denominator
       covers every kept image of the local batch, not gathered across devices).
 
