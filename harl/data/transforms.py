@@ -1,0 +1,383 @@
+"""``JointViewTransform``: one augmentation pipeline for images with or without masks (SPEC §3).
+
+Without masks it is solo-learn's pretraining pipeline, op for op and draw for draw (same
+torch / python ``random`` consumption, so the same seeds give the same tensors):
+
+    RandomResizedCrop(S, scale, bicubic) | Resize(S, bicubic) when rrc.enabled is false
+    → RandomApply(ColorJitter) → RandomGrayscale → RandomApply(PIL GaussianBlur, σ ~ U[min, max])
+    → RandomApply(solarize) → RandomApply(equalize) → RandomHorizontalFlip → ToTensor → Normalize
+
+An op whose probability is 0 is left out (draws nothing), as in solo-learn.
+
+With masks (``masks`` options given) each view additionally
+
+1. draws its crop with the fg-acceptance rule (:func:`sample_crop_box`): up to ``max_tries`` boxes
+   with ``torchvision.transforms.RandomResizedCrop.get_params`` semantics, accepted when the fg
+   fraction of the mask inside the box (original resolution) is > ``min_fg_frac``; otherwise
+   ``crop_fallback`` = ``last`` or ``best``; a mask without fg (or ``min_fg_frac`` null) takes the
+   first box;
+2. crops and resizes the mask in one step with nearest neighbour, sampling exactly the pixel
+   centres PIL samples for the image (:func:`resize_mask_nearest`), while the image is resized
+   bicubic (PIL, antialiased);
+3. shares the horizontal flip (and the optional vertical flip ``vflip_prob``) with the image,
+   using ``transforms.v2`` functional ops on a ``tv_tensors.Mask``;
+4. leaves the mask out of every photometric op (they are applied to the PIL image only);
+5. returns ``(image float 3×S×S, mask uint8 {0,1} 1×S×S, coords float32 [x0, y0, x1, y1])``, the
+   box normalised by the original width/height; x0 > x1 after a horizontal flip (y0 > y1 after a
+   vertical one).
+
+The flip is drawn after the photometric ops (solo-learn's order); every photometric op here is
+flip-equivariant (pointwise, histogram-based, or a symmetric blur), so this equals SPEC §3.2's
+"flip, then photometrics". Randomness comes only from torch's global RNG and python's ``random``
+(the blur σ, as solo-learn), never numpy's global RNG.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as F1
+import torchvision.transforms.v2.functional as F2
+from PIL import Image, ImageFilter, ImageOps
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode
+
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+INTERPOLATIONS = {
+    "bicubic": InterpolationMode.BICUBIC,
+    "bilinear": InterpolationMode.BILINEAR,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+MaskLike = Union[np.ndarray, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+
+def _get(cfg: Optional[Mapping], dotted: str, default: Any) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if node is None or part not in node:
+            return default
+        node = node[part]
+    return default if node is None else node
+
+
+@dataclass(frozen=True)
+class ViewAugmentation:
+    """One ``augmentations[i]`` item (solo-learn keys), with the schema's defaults."""
+
+    crop_size: int
+    rrc: bool = True
+    crop_min_scale: float = 0.08
+    crop_max_scale: float = 1.0
+    jitter_prob: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    grayscale_prob: float = 0.0
+    blur_prob: float = 0.0
+    sigma_min: float = 0.1
+    sigma_max: float = 2.0
+    solarization_prob: float = 0.0
+    equalization_prob: float = 0.0
+    hflip_prob: float = 0.5
+
+    @classmethod
+    def from_cfg(cls, aug: Mapping) -> "ViewAugmentation":
+        if _get(aug, "crop_size", None) is None:
+            raise ValueError("augmentation pipeline needs 'crop_size'")
+        return cls(
+            crop_size=int(aug["crop_size"]),
+            rrc=bool(_get(aug, "rrc.enabled", True)),
+            crop_min_scale=float(_get(aug, "rrc.crop_min_scale", 0.08)),
+            crop_max_scale=float(_get(aug, "rrc.crop_max_scale", 1.0)),
+            jitter_prob=float(_get(aug, "color_jitter.prob", 0.0)),
+            brightness=float(_get(aug, "color_jitter.brightness", 0.0)),
+            contrast=float(_get(aug, "color_jitter.contrast", 0.0)),
+            saturation=float(_get(aug, "color_jitter.saturation", 0.0)),
+            hue=float(_get(aug, "color_jitter.hue", 0.0)),
+            grayscale_prob=float(_get(aug, "grayscale.prob", 0.0)),
+            blur_prob=float(_get(aug, "gaussian_blur.prob", 0.0)),
+            sigma_min=float(_get(aug, "gaussian_blur.sigma_min", 0.1)),
+            sigma_max=float(_get(aug, "gaussian_blur.sigma_max", 2.0)),
+            solarization_prob=float(_get(aug, "solarization.prob", 0.0)),
+            equalization_prob=float(_get(aug, "equalization.prob", 0.0)),
+            hflip_prob=float(_get(aug, "horizontal_flip.prob", 0.5)),
+        )
+
+
+@dataclass(frozen=True)
+class MaskCropOptions:
+    """The ``data.masks`` keys that shape a view: fg acceptance, fallback, vertical flip."""
+
+    min_fg_frac: Optional[float] = 0.2
+    max_tries: int = 5
+    crop_fallback: str = "last"
+    vflip_prob: float = 0.0
+
+    def __post_init__(self):
+        if self.crop_fallback not in ("last", "best"):
+            raise ValueError(f"data.masks.crop_fallback must be 'last' or 'best', got {self.crop_fallback!r}")
+        if int(self.max_tries) < 1:
+            raise ValueError(f"data.masks.max_tries must be >= 1, got {self.max_tries}")
+
+    @classmethod
+    def from_cfg(cls, masks: Mapping) -> "MaskCropOptions":
+        mf = masks["min_fg_frac"] if "min_fg_frac" in masks else 0.2
+        return cls(
+            min_fg_frac=None if mf is None else float(mf),
+            max_tries=int(_get(masks, "max_tries", 5)),
+            crop_fallback=str(_get(masks, "crop_fallback", "last")),
+            vflip_prob=float(_get(masks, "vflip_prob", 0.0)),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _pil_nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
+    """Source indices PIL's nearest resize samples: centre x+½ scaled, accumulated in double
+    exactly as Pillow does (``xo = step/2; xo += step``), then truncated."""
+    step = n_in / n_out
+    pos = np.full(n_out, step, dtype=np.float64)
+    pos[0] = step * 0.5
+    idx = np.minimum(np.cumsum(pos).astype(np.int64), n_in - 1)
+    return torch.from_numpy(idx)
+
+
+def resize_mask_nearest(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest resize of a ``…×H×W`` mask to ``size`` = (h, w), pixel-centre aligned.
+
+    Picks for every output pixel the source pixel PIL's own nearest resize would pick, so a mask
+    resized here stays aligned with its image resized by PIL (bicubic or nearest). torchvision's
+    ``resize`` on a ``tv_tensors.Mask`` is not used for this step: up to torchvision 0.2x it
+    forces the ``nearest`` (floor) convention, which shifts the mask by up to half an output
+    pixel towards the top-left. A ``tv_tensors.Mask`` input comes back as a ``tv_tensors.Mask``.
+    """
+    h_in, w_in = mask.shape[-2:]
+    h_out, w_out = int(size[0]), int(size[1])
+    if (h_in, w_in) == (h_out, w_out):
+        return mask
+    plain = mask.as_subclass(torch.Tensor)
+    out = plain.index_select(-2, _pil_nearest_indices(h_in, h_out)).index_select(-1, _pil_nearest_indices(w_in, w_out))
+    return tv_tensors.wrap(out, like=mask) if isinstance(mask, tv_tensors.Mask) else out
+
+
+def mask_fg_fraction(mask: np.ndarray, top: int, left: int, height: int, width: int) -> float:
+    """Mean of a {0,1} mask inside the box (original resolution)."""
+    box = mask[top: top + height, left: left + width]
+    return float(np.count_nonzero(box)) / float(max(box.size, 1))
+
+
+def sample_crop_box(img: Image.Image, scale: Tuple[float, float], mask: Optional[np.ndarray] = None,
+                    opts: Optional[MaskCropOptions] = None,
+                    ratio: Tuple[float, float] = RRC_RATIO) -> Tuple[int, int, int, int]:
+    """RRC box ``(top, left, height, width)`` with the fg-acceptance rule (SPEC §3.2 step 2).
+
+    Without ``mask``/``opts``, or with ``opts.min_fg_frac`` None, or a mask without fg: exactly one
+    ``RandomResizedCrop.get_params`` draw (solo-learn's crop). Otherwise up to ``max_tries`` draws;
+    the first with fg fraction > ``min_fg_frac`` wins, else the ``last`` draw or the ``best`` one
+    (largest fraction, earliest on ties).
+    """
+    if mask is None or opts is None or opts.min_fg_frac is None or not mask.any():
+        return tuple(T.RandomResizedCrop.get_params(img, list(scale), list(ratio)))
+    best_box, best_f = None, -1.0
+    box = None
+    for _ in range(int(opts.max_tries)):
+        box = tuple(T.RandomResizedCrop.get_params(img, list(scale), list(ratio)))
+        f = mask_fg_fraction(mask, *box)
+        if f > opts.min_fg_frac:
+            return box
+        if f > best_f:
+            best_box, best_f = box, f
+    return box if opts.crop_fallback == "last" else best_box
+
+
+def crop_coords(top: int, left: int, height: int, width: int, img_w: int, img_h: int,
+                hflip: bool = False, vflip: bool = False) -> torch.Tensor:
+    """[x0, y0, x1, y1] of the box normalised to the original image; flips swap the ends."""
+    x0, x1 = left / img_w, (left + width) / img_w
+    y0, y1 = top / img_h, (top + height) / img_h
+    if hflip:
+        x0, x1 = x1, x0
+    if vflip:
+        y0, y1 = y1, y0
+    return torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
+
+
+def _applies(p: float) -> bool:
+    """``transforms.RandomApply``'s test (draws one torch number): applied when u ≤ p."""
+    return not (p < torch.rand(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The view transform
+# ---------------------------------------------------------------------------------------------
+
+
+class JointViewTransform:
+    """One augmentation pipeline (a config ``augmentations[i]`` item) for image (+ mask) views.
+
+    ``JointViewTransform(aug, mean, std)`` → ``t(img) -> Tensor 3×S×S`` (solo-learn's pipeline).
+    ``JointViewTransform(aug, mean, std, masks=cfg.data.masks)`` →
+    ``t(img, mask) -> (Tensor 3×S×S float, Tensor 1×S×S uint8 {0,1}, Tensor[4] float32 coords)``.
+
+    ``img`` is an RGB ``PIL.Image``; ``mask`` an H×W array/tensor at the image's size (fg ⇔ > 0).
+    ``interpolation`` (``bicubic``/``bilinear``/``nearest``) is the image resize filter.
+    """
+
+    def __init__(self, aug: Union[Mapping, ViewAugmentation], mean: Sequence[float], std: Sequence[float],
+                 masks: Union[None, Mapping, MaskCropOptions] = None, interpolation: str = "bicubic"):
+        self.aug = aug if isinstance(aug, ViewAugmentation) else ViewAugmentation.from_cfg(aug)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        if masks is not None and not isinstance(masks, MaskCropOptions):
+            masks = MaskCropOptions.from_cfg(masks)
+        self.mask_opts: Optional[MaskCropOptions] = masks
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+        self.interpolation = INTERPOLATIONS[interpolation]
+        a = self.aug
+        self.scale = (a.crop_min_scale, a.crop_max_scale)
+        self.jitter = T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue) if a.jitter_prob else None
+
+    @property
+    def with_masks(self) -> bool:
+        return self.mask_opts is not None
+
+    # -- photometrics (PIL image only) ----------------------------------------------------------
+    def photometric(self, img: Image.Image) -> Image.Image:
+        a = self.aug
+        if a.jitter_prob and _applies(a.jitter_prob):
+            img = self.jitter(img)
+        if a.grayscale_prob and torch.rand(1) < a.grayscale_prob:
+            img = F1.rgb_to_grayscale(img, num_output_channels=3)
+        if a.blur_prob and _applies(a.blur_prob):
+            img = img.filter(ImageFilter.GaussianBlur(radius=random.uniform(a.sigma_min, a.sigma_max)))
+        if a.solarization_prob and _applies(a.solarization_prob):
+            img = ImageOps.solarize(img)
+        if a.equalization_prob and _applies(a.equalization_prob):
+            img = ImageOps.equalize(img)
+        return img
+
+    # -- geometry ---------------------------------------------------------------------------------
+    def _geometry(self, img: Image.Image, mask: Optional[np.ndarray]):
+        size = self.aug.crop_size
+        w, h = img.size
+        if self.aug.rrc:
+            box = sample_crop_box(img, self.scale, mask, self.mask_opts)
+            out = F2.resized_crop(img, *box, [size, size], interpolation=self.interpolation, antialias=True)
+        else:
+            box = (0, 0, h, w)
+            out = F2.resize(img, [size], interpolation=self.interpolation, antialias=True)
+        return out, box
+
+    def __call__(self, img: Image.Image, mask: Optional[MaskLike] = None):
+        if self.with_masks and mask is None:
+            raise ValueError("this JointViewTransform was built with mask options and needs a mask")
+        m_np = None
+        if mask is not None:
+            m_np = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+            m_np = m_np.reshape(m_np.shape[-2:])
+            if m_np.shape != (img.height, img.width):
+                raise ValueError(f"mask is {m_np.shape[1]}×{m_np.shape[0]} but image is {img.width}×{img.height}")
+            m_np = (m_np > 0).astype(np.uint8)
+        img_w, img_h = img.size
+        out, box = self._geometry(img, m_np)
+        out = self.photometric(out)
+        a = self.aug
+        hflip = bool(a.hflip_prob) and bool(torch.rand(1) < a.hflip_prob)
+        if hflip:
+            out = F2.horizontal_flip(out)
+        vflip = False
+        if self.with_masks and self.mask_opts.vflip_prob:
+            vflip = bool(torch.rand(1) < self.mask_opts.vflip_prob)
+            if vflip:
+                out = F2.vertical_flip(out)
+        x = F1.normalize(F1.to_tensor(out), self.mean, self.std)
+        if m_np is None:
+            return x
+        m = tv_tensors.Mask(torch.from_numpy(m_np)[None])
+        m = F2.crop(m, *box)
+        m = resize_mask_nearest(m, (out.height, out.width))
+        if hflip:
+            m = F2.horizontal_flip(m)
+        if vflip:
+            m = F2.vertical_flip(m)
+        coords = crop_coords(*box, img_w, img_h, hflip=hflip, vflip=vflip)
+        return x, m.as_subclass(torch.Tensor).contiguous(), coords
+
+    def __repr__(self) -> str:
+        a = self.aug
+        ops = [f"RandomResizedCrop({a.crop_size}, scale={self.scale}, {self.interpolation.value})" if a.rrc
+               else f"Resize({a.crop_size}, {self.interpolation.value})"]
+        if a.jitter_prob:
+            ops.append(f"p={a.jitter_prob}: ColorJitter({a.brightness}, {a.contrast}, {a.saturation}, {a.hue})")
+        if a.grayscale_prob:
+            ops.append(f"p={a.grayscale_prob}: Grayscale")
+        if a.blur_prob:
+            ops.append(f"p={a.blur_prob}: GaussianBlur(σ∈[{a.sigma_min}, {a.sigma_max}])")
+        if a.solarization_prob:
+            ops.append(f"p={a.solarization_prob}: Solarize")
+        if a.equalization_prob:
+            ops.append(f"p={a.equalization_prob}: Equalize")
+        if a.hflip_prob:
+            ops.append(f"p={a.hflip_prob}: HorizontalFlip")
+        ops.append(f"ToTensor, Normalize({self.mean}, {self.std})")
+        if self.with_masks:
+            o = self.mask_opts
+            ops.append(f"masks: min_fg_frac={o.min_fg_frac}, max_tries={o.max_tries}, "
+                       f"fallback={o.crop_fallback}, vflip_prob={o.vflip_prob}")
+        return "JointViewTransform(\n  " + ",\n  ".join(ops) + "\n)"
+
+
+class MultiViewTransform:
+    """solo-learn's ``FullTransformPipeline`` of ``NCropAugmentation``s: pipeline by pipeline,
+    ``num_crops`` views each.
+
+    ``t(img)`` → ``[view_1..view_n]``; with masks ``t(img, mask)`` →
+    ``([view_1..view_n], [mask_1..mask_n], [coords_1..coords_n])``.
+    """
+
+    def __init__(self, pipelines: Sequence[JointViewTransform], num_crops: Sequence[int]):
+        if len(pipelines) != len(num_crops):
+            raise ValueError("one num_crops per pipeline is needed")
+        self.pipelines = list(pipelines)
+        self.num_crops = [int(n) for n in num_crops]
+        modes = {p.with_masks for p in self.pipelines}
+        if len(modes) != 1:
+            raise ValueError("all pipelines must agree on masks")
+        self.with_masks = modes.pop()
+
+    @property
+    def total_crops(self) -> int:
+        return sum(self.num_crops)
+
+    def __call__(self, img: Image.Image, mask: Optional[MaskLike] = None):
+        if not self.with_masks:
+            return [p(img) for p, n in zip(self.pipelines, self.num_crops) for _ in range(n)]
+        views: List[torch.Tensor] = []
+        masks: List[torch.Tensor] = []
+        coords: List[torch.Tensor] = []
+        for p, n in zip(self.pipelines, self.num_crops):
+            for _ in range(n):
+                x, m, c = p(img, mask)
+                views.append(x)
+                masks.append(m)
+                coords.append(c)
+        return views, masks, coords
+
+    def __repr__(self) -> str:
+        return "\n".join(f"{n} × {p!r}" for p, n in zip(self.pipelines, self.num_crops))
