@@ -38,6 +38,7 @@ setup(
         "console_scripts": [
             "harl-pretrain=harl.cli.pretrain:main",
             "harl-linear=harl.cli.linear:main",
+            "harl-masks=harl.cli.masks:main",
             "harl-scenes=harl.cli.scenes:main",
         ]
     },

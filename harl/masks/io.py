@@ -1,0 +1,294 @@
+"""File I/O for mask generation: walking image trees, reading images and masks, writing PNG masks.
+
+Conventions (SPEC §2.1):
+
+- An image tree is walked recursively (symlinks followed, like torchvision's ``ImageFolder``);
+  files with a common image extension (:data:`IMAGE_EXTENSIONS`, case-insensitive) are kept;
+  hidden files and folders (name starting with ``.``) are skipped. Relative paths use ``/`` and
+  are sorted as strings, so the order (and hence ``--shard i/n``) is the same on every machine.
+- A mask lives at the image's relative path with the extension changed to ``.png``
+  (:func:`mask_relpath`); it is an 8-bit single-channel PNG with values {0, 255}; a pixel is
+  foreground iff its value is > 0 (or > a caller-given threshold).
+- Images are read with PIL and converted to RGB (grayscale, palette, RGBA, CMYK, 16-bit);
+  EXIF orientation is *not* applied, exactly like torchvision's default loader, so masks stay
+  aligned with what the training loader reads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# formats accepted for *existing* masks (``harl-masks import`` / ``eval``): images plus numpy arrays
+MASK_EXTENSIONS = IMAGE_EXTENSIONS + (".gif", ".npy")
+
+TMP_RE = re.compile(r"\.tmp-\d+-[0-9a-f]+$")
+
+
+class ImageReadError(RuntimeError):
+    """An image or mask file could not be read (missing, truncated, corrupt, unsupported)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# walking
+# ---------------------------------------------------------------------------------------------
+
+
+def has_extension(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    return name.lower().endswith(tuple(extensions))
+
+
+def list_files(root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
+    """Sorted ``/``-separated relative paths of the files under ``root`` with one of ``extensions``.
+
+    Hidden files and folders are skipped; symlinked folders are followed.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder '{root}' does not exist")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in filenames:
+            if name.startswith(".") or not has_extension(name, extensions):
+                continue
+            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
+            out.append(rel.replace(os.sep, "/"))
+    out.sort()
+    return out
+
+
+def read_file_list(path: str) -> List[str]:
+    """Relative paths from a text file (one per line; blank lines and ``#`` comments ignored), sorted."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"file list '{path}' does not exist")
+    with open(path, encoding="utf-8") as f:
+        rels = [ln.strip().replace("\\", "/") for ln in f]
+    rels = sorted({r for r in rels if r and not r.startswith("#")})
+    bad = [r for r in rels if r.startswith("/") or ".." in r.split("/")]
+    if bad:
+        raise ValueError(f"file list '{path}': paths must be relative to --images (e.g. '{bad[0]}')")
+    return rels
+
+
+def mask_relpath(relpath: str) -> str:
+    """``'cls/img.JPEG'`` → ``'cls/img.png'``: where an image's mask lives in a masks tree."""
+    return os.path.splitext(relpath)[0] + ".png"
+
+
+def find_mask_collisions(relpaths: Sequence[str]) -> Dict[str, str]:
+    """Images whose mask path is already taken by an earlier (sorted) image: ``{relpath: earlier}``.
+
+    ``a.jpg`` and ``a.png`` in one folder would both write ``a.png``; the first one in sorted
+    order keeps it and the others are reported.
+    """
+    owner: Dict[str, str] = {}
+    clashes: Dict[str, str] = {}
+    for rel in relpaths:
+        key = mask_relpath(rel)
+        if key in owner:
+            clashes[rel] = owner[key]
+        else:
+            owner[key] = rel
+    return clashes
+
+
+def shard_select(relpaths: Sequence[str], index: int, count: int) -> List[str]:
+    """Shard ``index`` of ``count``: every ``count``-th path starting at ``index`` (strided).
+
+    Strided (not contiguous) so every shard sees every class folder; shards are disjoint and
+    their union is the whole (sorted) list.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"invalid shard {index}/{count}: need 0 <= i < n")
+    return list(relpaths[index::count])
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"3/8"`` → ``(3, 8)`` (0-based index); raises ``ValueError`` with the expected form."""
+    try:
+        i, n = (int(p) for p in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects 'i/n' with 0 <= i < n (e.g. 0/4), got '{text}'") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard expects 'i/n' with 0 <= i < n (e.g. 0/4), got '{text}'")
+    return i, n
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Rescale a 16-bit / 32-bit / float gray image to uint8: floats in [0, 1] ×255, values > 255 by 255/max."""
+    if arr.dtype == np.uint8:
+        return arr
+    is_float = np.issubdtype(arr.dtype, np.floating)
+    arr = np.nan_to_num(arr.astype(np.float64))
+    hi = float(arr.max()) if arr.size else 0.0
+    if is_float and 0 < hi <= 1.0:
+        scale = 255.0
+    elif hi > 255:
+        scale = 255.0 / hi
+    else:
+        scale = 1.0
+    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+
+
+def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
+    """A PIL image in any mode → H×W×3 uint8 RGB (16-bit and float images are rescaled to 8 bits)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_image_rgb(path: str) -> np.ndarray:
+    """Read an image file as H×W×3 uint8 RGB; raises :class:`ImageReadError` naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = pil_to_rgb_array(img)
+    except FileNotFoundError:
+        raise ImageReadError(f"'{path}': file does not exist") from None
+    except Exception as err:  # noqa: BLE001 - any decoder error becomes a per-file failure
+        raise ImageReadError(f"'{path}': cannot read image ({type(err).__name__}: {err})") from err
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"'{path}': unexpected image shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def read_image_size(path: str) -> Tuple[int, int]:
+    """(height, width) of an image from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise ImageReadError(f"'{path}': file does not exist") from None
+    except Exception as err:  # noqa: BLE001
+        raise ImageReadError(f"'{path}': cannot read image ({type(err).__name__}: {err})") from err
+    return int(h), int(w)
+
+
+def read_mask_values(path: str) -> np.ndarray:
+    """The raw values of a mask file as an H×W array (any dtype).
+
+    - ``.npy``: a 2-D array, or H×W×C (max over channels);
+    - palette PNG/GIF: the palette *indices* (0 = background in VOC-style masks);
+    - grayscale / 16-bit / float: the stored values;
+    - RGB(A): the maximum over the colour channels (alpha ignored).
+    """
+    try:
+        if path.lower().endswith(".npy"):
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as img:
+                img.load()
+                if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "RGBX", "RGBa"):
+                    if img.mode in ("LA", "PA"):
+                        arr = np.asarray(img)[..., 0]
+                    else:
+                        arr = np.asarray(img.convert("RGB")).max(axis=2)
+                elif img.mode == "1":
+                    arr = np.asarray(img).astype(np.uint8)
+                else:  # L, P, I, I;16, F
+                    arr = np.asarray(img)
+    except FileNotFoundError:
+        raise ImageReadError(f"'{path}': file does not exist") from None
+    except Exception as err:  # noqa: BLE001
+        raise ImageReadError(f"'{path}': cannot read mask ({type(err).__name__}: {err})") from err
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ImageReadError(f"'{path}': a mask must be 2-D (H×W), got shape {arr.shape}")
+    return arr
+
+
+def read_mask(path: str, threshold: float = 0.0) -> np.ndarray:
+    """Read a mask file as an H×W bool array: foreground iff value > ``threshold``."""
+    return read_mask_values(path) > threshold
+
+
+def find_mask_file(masks_root: str, relpath: str, extensions: Sequence[str] = MASK_EXTENSIONS) -> Optional[str]:
+    """The mask for image ``relpath`` in ``masks_root``: same path, any mask extension (``.png`` first)."""
+    stem = os.path.splitext(relpath)[0]
+    candidates = [".png"] + [e for e in extensions if e != ".png"]
+    for ext in candidates:
+        for e in (ext, ext.upper()):
+            p = os.path.join(masks_root, stem + e)
+            if os.path.isfile(p):
+                return p
+    # same stem with the image's own extension (e.g. masks stored as .JPEG by mistake) or mixed case
+    folder = os.path.join(masks_root, os.path.dirname(stem))
+    base = os.path.basename(stem)
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            s, e = os.path.splitext(name)
+            if s == base and e.lower() in extensions:
+                return os.path.join(folder, name)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+
+def tmp_path_for(path: str) -> str:
+    """A unique temporary name next to ``path`` (``<path>.tmp-<pid>-<hex>``, the project's pattern)."""
+    return f"{path}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def is_tmp_name(name: str) -> bool:
+    return bool(TMP_RE.search(name))
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """H×W bool (or any numeric, fg = > 0) → bytes of an 8-bit grayscale PNG with values {0, 255}."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be H×W, got shape {mask.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
+    """Write ``data`` to a temporary file next to ``path`` and rename it into place.
+
+    A kill leaves either the old file or the new one, never a partial file under ``path``
+    (a stale ``*.tmp-*`` may remain; the runner removes those of its own shard on restart).
+    ``fsync`` is off by default for masks (millions of small files; a rerun regenerates any
+    file lost to a power failure).
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_mask_png(path: str, mask: np.ndarray) -> None:
+    """Write an H×W mask as a {0, 255} 8-bit PNG atomically."""
+    atomic_write(path, encode_mask_png(mask))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"), fsync=True)

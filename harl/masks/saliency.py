@@ -1,0 +1,106 @@
+"""The deep saliency mask generator ``saliency`` (SPEC §2.2 (b)).
+
+A backbone from a checkpoint + a trained 1×1-conv head (``harl-masks train-saliency``, see
+:mod:`harl.masks.saliency_train`); fg = p > ``threshold`` where p is the sigmoid output,
+predicted at shortest side ``short_side`` and upsampled bilinearly to H×W. ``n_segments`` in the
+manifest is the number of 8-connected foreground components. Torch is imported only when the
+generator is built, so registering it costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from harl.masks.registry import GeneratorSpec, param, register_generator
+
+
+@dataclass(frozen=True)
+class SaliencyParams:
+    """Parameters of the ``saliency`` generator (defaults: SPEC §10, mask CLI)."""
+
+    weights: Optional[str] = param(None, "saliency head file written by `harl-masks train-saliency`", required=True)
+    checkpoint: Optional[str] = param(None, "backbone checkpoint (default: the one recorded in --weights)")
+    short_side: int = param(320, "inference resolution: the image's shortest side is resized to this")
+    threshold: float = param(0.5, "fg = saliency probability > threshold")
+    device: str = param("auto", "torch device for inference: auto (cuda if available), cpu, cuda, cuda:1, ...")
+
+    def __post_init__(self):
+        if self.short_side < 8:
+            raise ValueError("saliency: short_side must be >= 8")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError("saliency: threshold must be in [0, 1)")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class SaliencyPredictor:
+    """``image (H×W×3 uint8) -> (mask H×W bool, info)``; loads the model on first use."""
+
+    def __init__(self, params: SaliencyParams):
+        if not params.weights:
+            raise ValueError("saliency: --weights is required (train a head with `harl-masks train-saliency`)")
+        self.params = params
+        self._model = None
+
+    def load(self):
+        if self._model is None:
+            from harl.masks.saliency_model import load_saliency_model
+
+            self._model, _ = load_saliency_model(self.params.weights, self.params.checkpoint,
+                                                 device=resolve_device(self.params.device))
+        return self._model
+
+    def probability(self, image: np.ndarray) -> np.ndarray:
+        from harl.masks.saliency_model import predict_probability
+
+        return predict_probability(self.load(), image, self.params.short_side)
+
+    def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
+        from harl.masks.ops import count_components
+
+        mask = self.probability(image) > self.params.threshold
+        return mask, {"n_segments": count_components(mask), "fallback": ""}
+
+    def __getstate__(self):
+        return {"params": self.params, "_model": None}
+
+
+def build_saliency(params: SaliencyParams) -> SaliencyPredictor:
+    return SaliencyPredictor(params)
+
+
+def describe_saliency(params: SaliencyParams) -> Dict[str, Any]:
+    """Facts for meta.json: which weights (sha256), which backbone and checkpoint."""
+    from harl.masks.saliency_model import file_sha256, read_head_file
+
+    obj = read_head_file(params.weights)
+    ckpt = params.checkpoint or obj.get("checkpoint")
+    return {
+        "weights": os.path.abspath(params.weights),
+        "weights_sha256": file_sha256(params.weights),
+        "backbone": obj.get("backbone"),
+        "backbone_kwargs": obj.get("backbone_kwargs") or {},
+        "checkpoint": os.path.abspath(ckpt) if ckpt else None,
+        "checkpoint_sha256": obj.get("checkpoint_sha256"),
+        "head_train": obj.get("train", {}),
+    }
+
+
+register_generator(GeneratorSpec(
+    name="saliency",
+    params_cls=SaliencyParams,
+    build=build_saliency,
+    description="deep saliency masks: backbone feature map → 1×1 conv → sigmoid > 0.5 (SPEC §2.2 b)",
+    uses_torch=True,
+    describe=describe_saliency,
+))
