@@ -504,3 +504,26 @@ def test_hard_negative_logits_agree_with_moco_logits():
     tg = t.clone().requires_grad_(True)
     hard_negative_logits(qg, tg).sum().backward()
     assert qg.grad is not None and tg.grad is None  # stop-gradient on the hard negatives
+
+
+def test_sgm_mask_batch_focal_noise():
+    b = 6
+    x = torch.zeros(b, 3, 64, 64)
+    fg = torch.ones(b, 7, 7, dtype=torch.bool)
+    cfg = SGMMaskConfig(focal_prob=1.0)
+    out, pix = sgm_mask_batch(x, fg, cfg, "neg", gen(30))
+    side = focal_side(64, cfg.neg_focal_frac)
+    windows = []
+    for i in range(b):
+        assert pix[i].sum() == 3 * side * side
+        t = int(pix[i, 0].any(1).nonzero()[0, 0])
+        l = int(pix[i, 0].any(0).nonzero()[0, 0])
+        windows.append(out[i, :, t:t + side, l:l + side])
+    assert all(torch.equal(w, windows[0]) for w in windows)  # one neg patch for the batch
+    assert windows[0].std().item() == pytest.approx(cfg.neg_noise_std, rel=0.1)
+    out, pix = sgm_mask_batch(x, fg, cfg, "pos", gen(31))
+    side = focal_side(64, cfg.pos_focal_frac)
+    assert torch.equal(pix.flatten(1).sum(1), torch.full((b,), 3 * (64 * 64 - side * side)))
+    assert out[pix].std().item() == pytest.approx(cfg.pos_noise_std, rel=0.1)
+    both = pix[0] & pix[1]
+    assert both.sum() > 100 and not torch.equal(out[0][both], out[1][both])  # fresh noise per image

@@ -549,8 +549,10 @@ def sgm_mask_batch(x: torch.Tensor, fg_cells: torch.Tensor, cfg: Optional[SGMMas
     spatial and channel-wise images, as the reference) unless ``noise_per_image``; ``blur`` /
     ``mean`` → :func:`fill` (x is then the un-filtered view).
 
-    Draw order (fixed, data-independent): focal coin, spatial coin, r, cell scores, window
-    position, noise.
+    Draw order (fixed; it depends on the drawn coins, never on x or fg_cells): focal coin,
+    spatial coin, r, cell scores, window position, then (``hp``) the spatial and channel-wise
+    cell patches and the focal noise (``neg``: one window-sized patch per batch or per image;
+    ``pos``: a fresh full-size field for each focal image only).
 
     Args:
         x: B×C×H×W views (``hp``: already high-passed); fg_cells: B×G×G bool saliency.
@@ -584,11 +586,17 @@ def sgm_mask_batch(x: torch.Tensor, fg_cells: torch.Tensor, cfg: Optional[SGMMas
         ph, pw = math.ceil(h / g), math.ceil(w / g)
         spatial_patch = draw_noise_patch(c, ph, pw, std, per, generator, dev, x.dtype)
         channel_patch = draw_noise_patch(c, ph, pw, std, per, generator, dev, x.dtype)
-        cell_noise = torch.where(spatial.view(b, 1, 1, 1), tile_cell_noise(spatial_patch, h, w, g),
-                                 tile_cell_noise(channel_patch, h, w, g))
-        focal_noise = _focal_noise(x.shape, focal_side(h, keep), focal_side(w, keep), top, left,
-                                   spec.focal_noise_inside, std, cfg.noise_per_image, generator, dev, x.dtype)
-        noise = torch.where(focal.view(b, 1, 1, 1), focal_noise, cell_noise)
+        noise = torch.where(spatial.view(b, 1, 1, 1), tile_cell_noise(spatial_patch, h, w, g),
+                            tile_cell_noise(channel_patch, h, w, g))
+        # focal noise only for the focal images (drawing B full-size fields costs more than the rest)
+        sel = focal.nonzero().flatten()
+        if spec.focal_noise_inside:
+            sh, sw = focal_side(h, keep), focal_side(w, keep)
+            patch = draw_noise_patch(c, max(sh, 1), max(sw, 1), std, per, generator, dev, x.dtype)
+            patch = patch.expand(b, c, -1, -1)[sel]
+            noise[sel] = _place_patch(patch, top[sel], left[sel], h, w)
+        else:
+            noise[sel] = draw_noise_patch(c, h, w, std, sel.numel(), generator, dev, x.dtype)
     out = fill(x, pix, cfg.sgm_strategy, noise=noise, blur_kernel=cfg.fill_blur_kernel,
                blur_sigma=cfg.fill_blur_sigma)
     return out, pix
