@@ -1,6 +1,6 @@
 """SGM overhead: saliency + high-pass + masking per batch vs one ResNet-18 training step (CPU).
 
-Times, on the same B×3×S×S input (median over repeats):
+Times, on the same B×3×S×S input (rounds interleave all four measurements; medians):
 * saliency: ``saliency_from_activation`` on a given c5 activation (channel sum, pooling to G×G,
   threshold); the activation itself comes from the (frozen/momentum) forward that SGM runs anyway;
 * high-pass of the two views (q and k; the ``hp`` strategy);
@@ -44,8 +44,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--grid", type=int, default=8)
-    p.add_argument("--train-repeats", type=int, default=3)
-    p.add_argument("--mask-repeats", type=int, default=20)
+    p.add_argument("--train-repeats", type=int, default=5)
+    p.add_argument("--mask-repeats", type=int, default=5)
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -82,10 +82,15 @@ def main() -> None:
             sgm_mask_batch(x, fg, cfg, "pos", gen)
             sgm_mask_batch(x, fg, cfg, "neg", gen)
 
-        t_train = median_time(train_step, args.train_repeats)
-        t_sal = median_time(saliency, args.mask_repeats)
-        t_hp = median_time(hp, args.mask_repeats)
-        t_mask = median_time(masking, args.mask_repeats)
+        # interleaved rounds, so that load from other processes hits every column alike
+        train_step(), hp(), masking()  # warm-up
+        t_train, t_sal, t_hp, t_mask = [], [], [], []
+        for _ in range(args.train_repeats):
+            t_train.append(median_time(train_step, 1, warmup=0))
+            t_sal.append(median_time(saliency, args.mask_repeats, warmup=0))
+            t_hp.append(median_time(hp, args.mask_repeats, warmup=0))
+            t_mask.append(median_time(masking, args.mask_repeats, warmup=0))
+        t_train, t_sal, t_hp, t_mask = (statistics.median(v) for v in (t_train, t_sal, t_hp, t_mask))
         rows.append((("cifar" if cifar_stem else "imagenet") + " stem", tuple(act.shape[-2:]),
                      t_train, t_sal, t_hp, t_mask))
 
