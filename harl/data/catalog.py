@@ -9,8 +9,9 @@ config key in error messages).
   Masks are addressed by index: ``<masks.root>/<index:06d><suffix>``.
 - ``imagenet``, ``imagenet100``, ``custom``: ImageFolder trees (``no_labels``: every image under
   the folder, recursively, target −1). Masks mirror the tree.
-- ``fashion_mnist``: Debian's IDX ``.gz`` files in the folder (or torchvision's
-  ``<root>/FashionMNIST/raw`` layout, which ``download`` fills); grayscale → RGB; indexed masks.
+- ``fashion_mnist``: Debian's IDX files in the folder (or torchvision's ``<root>/FashionMNIST/raw``
+  layout, which ``download`` fills), read by :mod:`harl.data.fashion_mnist`; grayscale → RGB;
+  indexed masks.
 - ``fashion_scenes``: the demo set written by the scenes generator: ``<out>/images/{train,test}``
   + ``<out>/masks/{train,test}``; the path may be ``<out>`` or ``<out>/images/<split>``, and the
   masks root defaults to the mirror ``masks`` folder.
@@ -34,12 +35,6 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 STL10_MEAN, STL10_STD = (0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261)
 # measured on the 60k training images of Fashion-MNIST (grayscale, replicated to RGB)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot"]
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 
 
 def _check_split(split: str) -> str:
@@ -124,36 +119,36 @@ def _folder_builder(name: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def fashion_mnist_dir(root: str, split: str, download: bool = False) -> str:
-    """The folder holding the IDX ``.gz`` files of ``split`` (``train``/``test``) under ``root``."""
-    files = FASHION_MNIST_FILES[split]
-    candidates = [root, os.path.join(root, "FashionMNIST", "raw")]
-    for d in candidates:
-        if all(os.path.isfile(os.path.join(d, f)) for f in files):
-            return d
-    if download:
-        import torchvision.datasets as tvd
+def read_fashion_mnist_split(root: str, split: str, download: bool = False):
+    """(images uint8 N×28×28, labels int64 N) of ``split`` (train/test) found under ``root``
+    (see :func:`harl.data.fashion_mnist.find_fashion_mnist_files`); ``download`` fetches the files
+    with torchvision's downloader into ``<root>/FashionMNIST/raw`` when they are missing."""
+    from harl.data.fashion_mnist import read_fashion_mnist
 
-        try:
-            tvd.FashionMNIST(root, train=split == "train", download=True)
-        except Exception as err:
-            raise DatasetNotFoundError(f"could not download fashion_mnist into '{root}': {err}") from err
-        return candidates[1]
-    raise DatasetNotFoundError(
-        f"fashion_mnist files {list(files)} not found in '{root}' (nor in '{candidates[1]}'); "
-        "set data.download=true to download them")
+    try:
+        return read_fashion_mnist(root, split)
+    except FileNotFoundError as err:
+        if not download:
+            raise DatasetNotFoundError(f"{err} Set data.download=true to download them.") from err
+    import torchvision.datasets as tvd
+
+    try:
+        tvd.FashionMNIST(root, train=split == "train", download=True)
+    except Exception as err:
+        raise DatasetNotFoundError(f"could not download fashion_mnist into '{root}': {err}") from err
+    return read_fashion_mnist(root, split)
 
 
 def build_fashion_mnist(root, split, *, download=False, no_labels=False, what="data path"):
-    from harl.data.fashion_mnist import read_fashion_mnist
+    from harl.data.fashion_mnist import CLASS_NAMES
 
     _check_split(split)
     root = _require_root(root, what)
     fsplit = "test" if split == "val" else "train"
-    images, labels = read_fashion_mnist(fashion_mnist_dir(root, fsplit, download), fsplit)
+    images, labels = read_fashion_mnist_split(root, fsplit, download)
     targets = np.full(len(images), -1, dtype=np.int64) if no_labels else np.asarray(labels, dtype=np.int64)
     return ArraySource(f"fashion_mnist/{fsplit}", np.asarray(images, dtype=np.uint8), targets,
-                       classes=FASHION_MNIST_CLASSES)
+                       classes=list(CLASS_NAMES))
 
 
 # ---------------------------------------------------------------------------------------------
