@@ -9,9 +9,13 @@ Conventions (SPEC §2.1):
 - A mask lives at the image's relative path with the extension changed to ``.png``
   (:func:`mask_relpath`); it is an 8-bit single-channel PNG with values {0, 255}; a pixel is
   foreground iff its value is > 0 (or > a caller-given threshold).
-- Images are read with PIL and converted to RGB (grayscale, palette, RGBA, CMYK, 16-bit);
-  EXIF orientation is *not* applied, exactly like torchvision's default loader, so masks stay
-  aligned with what the training loader reads.
+- Images are read with the project's image reader (:func:`harl.data.image_io.read_image`: RGB
+  from grayscale, palette, RGBA, CMYK, 16-bit; EXIF orientation not applied), so a mask is
+  computed on exactly the pixels the training loader sees.
+- Existing masks in foreign formats (``import``, ``eval``) are read by :func:`read_mask_values`,
+  which keeps the stored values so that a ``--threshold`` can be applied; with threshold 0 it
+  agrees with the training loader's :func:`harl.data.image_io.read_mask` (fg ⇔ value > 0, colour
+  masks: any colour channel, palette masks: the index).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+# the same list as harl.data.image_io.IMG_EXTENSIONS (torchvision ImageFolder); kept here so that
+# importing this module does not import the data pipeline (checked by a test)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # formats accepted for *existing* masks (``harl-masks import`` / ``eval``): images plus numpy arrays
 MASK_EXTENSIONS = IMAGE_EXTENSIONS + (".gif", ".npy")
@@ -127,42 +133,18 @@ def parse_shard(text: str) -> Tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Rescale a 16-bit / 32-bit / float gray image to uint8: floats in [0, 1] ×255, values > 255 by 255/max."""
-    if arr.dtype == np.uint8:
-        return arr
-    is_float = np.issubdtype(arr.dtype, np.floating)
-    arr = np.nan_to_num(arr.astype(np.float64))
-    hi = float(arr.max()) if arr.size else 0.0
-    if is_float and 0 < hi <= 1.0:
-        scale = 255.0
-    elif hi > 255:
-        scale = 255.0 / hi
-    else:
-        scale = 1.0
-    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-
-
-def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
-    """A PIL image in any mode → H×W×3 uint8 RGB (16-bit and float images are rescaled to 8 bits)."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        gray = _to_uint8(np.asarray(img))
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
-
-
 def read_image_rgb(path: str) -> np.ndarray:
-    """Read an image file as H×W×3 uint8 RGB; raises :class:`ImageReadError` naming the file."""
+    """Read an image as H×W×3 uint8 RGB with the project's one image reader
+    (:func:`harl.data.image_io.read_image`: same pixels as the training loader).
+
+    Raises :class:`ImageReadError` naming the file (missing, truncated, corrupt, unsupported).
+    """
+    from harl.data.image_io import CorruptImageError, read_image
+
     try:
-        with Image.open(path) as img:
-            img.load()
-            arr = pil_to_rgb_array(img)
-    except FileNotFoundError:
-        raise ImageReadError(f"'{path}': file does not exist") from None
-    except Exception as err:  # noqa: BLE001 - any decoder error becomes a per-file failure
-        raise ImageReadError(f"'{path}': cannot read image ({type(err).__name__}: {err})") from err
+        arr = np.asarray(read_image(path), dtype=np.uint8)
+    except CorruptImageError as err:
+        raise ImageReadError(str(err)) from err
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"'{path}': unexpected image shape {arr.shape}")
     return np.ascontiguousarray(arr)
