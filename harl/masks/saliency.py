@@ -18,18 +18,22 @@ import numpy as np
 from harl.masks.registry import GeneratorSpec, param, register_generator
 
 
+DEFAULT_SHORT_SIDE = 320
+
+
 @dataclass(frozen=True)
 class SaliencyParams:
     """Parameters of the ``saliency`` generator (defaults: SPEC §10, mask CLI)."""
 
     weights: Optional[str] = param(None, "saliency head file written by `harl-masks train-saliency`", required=True)
     checkpoint: Optional[str] = param(None, "backbone checkpoint (default: the one recorded in --weights)")
-    short_side: int = param(320, "inference resolution: the image's shortest side is resized to this")
+    short_side: Optional[int] = param(None, "inference resolution: the image's shortest side is resized to this "
+                                            "(default: the head's training scale, 320 unless trained otherwise)")
     threshold: float = param(0.5, "fg = saliency probability > threshold")
     device: str = param("auto", "torch device for inference: auto (cuda if available), cpu, cuda, cuda:1, ...")
 
     def __post_init__(self):
-        if self.short_side < 8:
+        if self.short_side is not None and self.short_side < 8:
             raise ValueError("saliency: short_side must be >= 8")
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError("saliency: threshold must be in [0, 1)")
@@ -51,19 +55,24 @@ class SaliencyPredictor:
             raise ValueError("saliency: --weights is required (train a head with `harl-masks train-saliency`)")
         self.params = params
         self._model = None
+        self._short_side = params.short_side
 
     def load(self):
         if self._model is None:
             from harl.masks.saliency_model import load_saliency_model
 
-            self._model, _ = load_saliency_model(self.params.weights, self.params.checkpoint,
-                                                 device=resolve_device(self.params.device))
+            self._model, obj = load_saliency_model(self.params.weights, self.params.checkpoint,
+                                                   device=resolve_device(self.params.device))
+            if self._short_side is None:
+                self._short_side = int(obj.get("short_side") or DEFAULT_SHORT_SIDE)
         return self._model
 
     def probability(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 → H×W float32 saliency p ∈ [0, 1]."""
         from harl.masks.saliency_model import predict_probability
 
-        return predict_probability(self.load(), image, self.params.short_side)
+        model = self.load()
+        return predict_probability(model, image, self._short_side)
 
     def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
         from harl.masks.ops import count_components
@@ -72,7 +81,7 @@ class SaliencyPredictor:
         return mask, {"n_segments": count_components(mask), "fallback": ""}
 
     def __getstate__(self):
-        return {"params": self.params, "_model": None}
+        return {"params": self.params, "_model": None, "_short_side": self.params.short_side}
 
 
 def build_saliency(params: SaliencyParams) -> SaliencyPredictor:
@@ -92,6 +101,7 @@ def describe_saliency(params: SaliencyParams) -> Dict[str, Any]:
         "backbone_kwargs": obj.get("backbone_kwargs") or {},
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
         "checkpoint_sha256": obj.get("checkpoint_sha256"),
+        "short_side": params.short_side or int(obj.get("short_side") or DEFAULT_SHORT_SIDE),
         "head_train": obj.get("train", {}),
     }
 

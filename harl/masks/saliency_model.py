@@ -92,7 +92,7 @@ def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
 
 def to_normalized_tensor(image: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 → 3×H×W float, ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std

@@ -219,12 +219,12 @@ def train_saliency_head(cfg: SaliencyTrainConfig) -> Dict[str, Any]:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * x.shape[0]
+                total += float(loss.detach()) * x.shape[0]
                 n += x.shape[0]
                 record["steps"] += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}", refresh=False)
+                    bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.4f}", refresh=False)
             record["epoch_loss"].append(total / max(n, 1))
             _save(cfg, name, kwargs, num_features, model, ckpt_sha, state_backbone, record, atomic_torch_save)
     finally:
