@@ -1,0 +1,222 @@
+"""HARL: Heuristic Attention Representation Learning (Tran et al., Sensors 2022).
+
+BYOL where each view's feature map is also pooled over the foreground and the background of a
+binary (heuristic) mask; every branch goes through the *shared* projector and predictor, fg pairs
+only with fg and bg with bg (SPEC §4)::
+
+    F_v = f_θ(x_v)                                   B×C×h×w (c5; c4 / stride-1 / pixel-shuffle options)
+    M_f, M_b = mask_to_grid(mask_v, (h, w))          B×1×h×w
+    h_g = mean F,  h_f = Σ F⊙M_f / (ΣM_f + 1),  h_b = Σ F⊙M_b / (ΣM_b + 1)
+    z = g_θ(h),  p = q_θ(z);  target z′ = g_ξ(pool(f_ξ(x_v)))  with the view's own mask
+    L_* = ℓ(p_{*,1}, z′_{*,2}) + ℓ(p_{*,2}, z′_{*,1}),  ℓ = 2 − 2·mean cos
+    hybrid: L = β_k·L_g + (1 − β_k)·[α_k·L_f + (1 − α_k)·L_b]
+
+α_k rises from α_base to 1 and β_k decays from λ_base to β_min on cosines over the optimizer
+steps. An empty region (in either view) is excluded from its branch rather than pooled to zero.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from harl.backbones.resnet import SSLResNet
+from harl.heads import byol_mlp
+from harl.losses.harl import (
+    ALPHA_MODES, BETA_MODES, EMPTY_POLICIES, HYBRID_MODES, LOSS_TYPES, POOLINGS, alpha_schedule, beta_schedule,
+    harl_branch_loss, harl_loss_weights, pool_regions, region_validity,
+)
+from harl.masks.grid import MASK_MODES, mask_to_grid
+from harl.methods.byol import BYOL
+from harl.methods.base import BaseMomentumMethod
+from harl.methods.registry import METHODS
+
+FEATURE_MAPS = ("c5", "c5_stride1", "c4", "c5_pixel_shuffle")
+GRANULARITIES = ("step", "epoch")
+
+
+@METHODS.register("harl")
+class HARL(BYOL):
+    uses_masks = True
+    _DEFAULT_METHOD_KWARGS = {
+        "proj_hidden_dim": 4096, "proj_output_dim": 256, "proj_layers": 2, "pred_hidden_dim": 4096,
+        "loss_type": "hybrid", "alpha_base": 0.7, "alpha_mode": "cosine", "lambda_base": 0.7,
+        "beta_mode": "cosine", "beta_min": 0.0, "hybrid_mode": "cosine_decay_global", "mask_weight": 0.5,
+        "schedule_granularity": "step", "feature_map": "c5", "c5_dilate": False, "pooling": "masked_mean",
+        "pool_eps": 1.0, "mask_mode": "binary", "mask_threshold": 0.0, "empty_mask_policy": "exclude",
+    }
+
+    @classmethod
+    def check_cfg(cls, cfg: DictConfig) -> None:
+        super().check_cfg(cfg)
+        from harl.config import ConfigError
+        from harl.registry import close_match_hint
+
+        kw = cfg.method_kwargs
+        for key, allowed in (("loss_type", LOSS_TYPES), ("alpha_mode", ALPHA_MODES), ("beta_mode", BETA_MODES),
+                             ("hybrid_mode", HYBRID_MODES), ("feature_map", FEATURE_MAPS),
+                             ("pooling", POOLINGS), ("mask_mode", MASK_MODES),
+                             ("empty_mask_policy", EMPTY_POLICIES), ("schedule_granularity", GRANULARITIES)):
+            if kw[key] not in allowed:
+                raise ConfigError(f"method_kwargs.{key} = {kw[key]!r} must be one of {sorted(allowed)}"
+                                  f"{close_match_hint(kw[key], allowed)}")
+        if cfg.num_large_crops != 2:
+            raise ConfigError(f"harl needs exactly 2 large crops (views T and T'), config gives {cfg.num_large_crops}")
+        if kw.pooling == "pixel_shuffle" and kw.feature_map != "c5_pixel_shuffle":
+            raise ConfigError("method_kwargs.pooling 'pixel_shuffle' goes with feature_map 'c5_pixel_shuffle'")
+        for key in ("alpha_base", "lambda_base", "beta_min", "mask_weight"):
+            if not 0.0 <= float(kw[key]) <= 1.0:
+                raise ConfigError(f"method_kwargs.{key} must be in [0, 1], got {kw[key]}")
+
+    def __init__(self, cfg: DictConfig):
+        if cfg.method_kwargs.feature_map == "c5_stride1":
+            cfg = copy.deepcopy(cfg)
+            cfg.backbone.kwargs.c5_stride1 = True
+            cfg.backbone.kwargs.c5_dilate = bool(cfg.method_kwargs.c5_dilate)
+        super().__init__(cfg)
+        from harl.config import ConfigError
+
+        kw = cfg.method_kwargs
+        if kw.feature_map != "c5" and not isinstance(self.backbone, SSLResNet):
+            raise ConfigError(f"method_kwargs.feature_map '{kw.feature_map}' needs a torchvision ResNet backbone")
+        self.loss_type = str(kw.loss_type)
+        self.feature_map = str(kw.feature_map)
+        self.branch_weights_keys = set(harl_loss_weights(self.loss_type, 0.5, 0.5, 0.5, kw.hybrid_mode))
+        self.use_fg = "f" in self.branch_weights_keys
+        self.use_bg = "b" in self.branch_weights_keys
+        # c4 regions get their own projector (+EMA); the predictor stays shared (SPEC §4.5)
+        self.region_projector = None
+        if self.feature_map == "c4":
+            c4_dim = self.features_dim // 2
+            self.region_projector = byol_mlp(c4_dim, kw.proj_hidden_dim, kw.proj_output_dim, kw.proj_layers)
+            self.momentum_region_projector = copy.deepcopy(self.region_projector)
+            for p in self.momentum_region_projector.parameters():
+                p.requires_grad = False
+        self.alpha = float(kw.alpha_base)
+        self.beta = float(kw.lambda_base)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def learnable_params(self) -> List[Dict[str, Any]]:
+        params = super().learnable_params
+        if self.region_projector is not None:
+            params.append({"name": "region_projector", "params": self.region_projector.parameters()})
+        return params
+
+    @property
+    def momentum_pairs(self):
+        pairs = super().momentum_pairs
+        if self.region_projector is not None:
+            pairs.append((self.region_projector, self.momentum_region_projector))
+        return pairs
+
+    # ------------------------------------------------------------------ forward
+    def _maps(self, backbone, X: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """c5 map (global branch) and the map the regions are pooled on."""
+        x = self._prepare(X)
+        if self.feature_map == "c4":
+            c4 = backbone.forward_c4(x)
+            c5 = backbone.layer4(c4)
+            return {"feat_map": c5, "region_map": c4}
+        c5 = backbone.forward_features(x)
+        return {"feat_map": c5, "region_map": c5}
+
+    def crop_forward(self, X: torch.Tensor, view: int) -> Dict[str, torch.Tensor]:
+        maps = self._maps(self.backbone, X)
+        feats = self.backbone.pool(maps["feat_map"])
+        return {**maps, "feats": feats, "logits": self.classifier(feats.detach())}
+
+    @torch.no_grad()
+    def momentum_crop_forward(self, X: torch.Tensor, view: int) -> Dict[str, torch.Tensor]:
+        maps = self._maps(self.momentum_backbone, X)
+        return {**maps, "feats": self.momentum_backbone.pool(maps["feat_map"])}
+
+    def _region_grids(self, masks: List[torch.Tensor], region_maps: List[torch.Tensor]):
+        """Per view (M_f, M_b) on the grid of the region map (2× for pixel shuffle)."""
+        kw = self.method_kwargs
+        scale = 2 if self.feature_map == "c5_pixel_shuffle" else 1
+        grids = []
+        for m, fmap in zip(masks, region_maps):
+            size = (fmap.shape[-2] * scale, fmap.shape[-1] * scale)
+            grids.append(mask_to_grid(m.to(fmap.device), size, mode=kw.mask_mode, threshold=kw.mask_threshold))
+        return grids
+
+    def _pool(self, region_map, feat_map, m_f, m_b, valid_f, valid_b) -> Dict[str, Optional[torch.Tensor]]:
+        kw = self.method_kwargs
+        pooled = pool_regions(region_map.float(), m_f if self.use_fg else None, m_b if self.use_bg else None,
+                              pooling=kw.pooling, eps=float(kw.pool_eps), empty_policy=kw.empty_mask_policy,
+                              valid_f=valid_f, valid_b=valid_b)
+        pooled["h_g"] = self.backbone.pool(feat_map)
+        return pooled
+
+    # ------------------------------------------------------------------ schedules
+    def current_schedules(self) -> Dict[str, float]:
+        kw = self.method_kwargs
+        if kw.schedule_granularity == "epoch":
+            step, total = self.current_epoch, self.max_epochs
+        else:
+            step, total = self.global_step, int(self.trainer.estimated_stepping_batches)
+        alpha = alpha_schedule(step, total, kw.alpha_base, kw.alpha_mode, epoch=self.current_epoch,
+                               max_epochs=self.max_epochs)
+        beta = beta_schedule(step, total, kw.lambda_base, kw.beta_mode, kw.beta_min)
+        return {"alpha": alpha, "beta": beta}
+
+    # ------------------------------------------------------------------ step
+    def harl_losses(self, out: Dict[str, List[torch.Tensor]], masks: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Branch losses L_g, L_f, L_b (those the loss type uses) and validity fractions."""
+        grids = self._region_grids(masks, out["region_map"])
+        # validity per region is decided on the masks of *both* views (the online grids; the target
+        # maps have the same size)
+        valid_f = region_validity(grids[0][0], grids[1][0]) if self.use_fg else None
+        valid_b = region_validity(grids[0][1], grids[1][1]) if self.use_bg else None
+        region_proj = self.region_projector or self.projector
+        mom_region_proj = self.momentum_region_projector if self.region_projector is not None else self.momentum_projector
+
+        P: Dict[str, List[torch.Tensor]] = {"g": [], "f": [], "b": []}
+        Z: Dict[str, List[torch.Tensor]] = {"g": [], "f": [], "b": []}
+        weights: Dict[str, Optional[torch.Tensor]] = {}
+        for v in range(2):
+            m_f, m_b = grids[v]
+            online = self._pool(out["region_map"][v], out["feat_map"][v], m_f, m_b, valid_f, valid_b)
+            with torch.no_grad():
+                target = self._pool(out["momentum_region_map"][v], out["momentum_feat_map"][v], m_f, m_b,
+                                    valid_f, valid_b)
+                target["h_g"] = self.momentum_backbone.pool(out["momentum_feat_map"][v])
+            for key in ("g", "f", "b"):
+                if key != "g" and online[f"h_{key}"] is None:
+                    continue
+                proj, mproj = (self.projector, self.momentum_projector) if key == "g" else (region_proj, mom_region_proj)
+                z = proj(online[f"h_{key}"])
+                P[key].append(self.predictor(z))
+                with torch.no_grad():
+                    Z[key].append(mproj(target[f"h_{key}"]))
+                if key != "g":
+                    weights[key] = online[f"w_{key}"]
+        losses: Dict[str, torch.Tensor] = {}
+        for key in ("g", "f", "b"):
+            if P[key]:
+                losses[key] = harl_branch_loss(P[key][0], P[key][1], Z[key][0], Z[key][1], weights.get(key))
+        stats = {}
+        if valid_f is not None:
+            stats["frac_valid_f"] = valid_f.float().mean()
+        if valid_b is not None:
+            stats["frac_valid_b"] = valid_b.float().mean()
+        return {"losses": losses, "stats": stats}
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        out = BaseMomentumMethod.training_step(self, batch, batch_idx)
+        masks = batch[3]["masks"]
+        res = self.harl_losses(out, masks)
+        sched = self.current_schedules()
+        self.alpha, self.beta = sched["alpha"], sched["beta"]
+        kw = self.method_kwargs
+        weights = harl_loss_weights(self.loss_type, self.alpha, self.beta, kw.mask_weight, kw.hybrid_mode)
+        loss = sum(w * res["losses"][k] for k, w in weights.items())
+        log = {f"train_loss_{k}": v for k, v in res["losses"].items()}
+        log.update({f"train_{k}": v for k, v in res["stats"].items()})
+        log.update({"train_harl_loss": loss, "alpha": self.alpha, "beta": self.beta})
+        self.log_dict(log, on_epoch=True, sync_dist=True)
+        return loss + out["loss"]
