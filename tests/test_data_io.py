@@ -237,3 +237,10 @@ def test_stratified_subset_unlabeled_and_bad_fraction():
     for bad in (0.0, 1.0, 1.5, -1):
         with pytest.raises(ValueError):
             stratified_subset(np.zeros(10), bad)
+
+
+def test_misnamed_extension_still_read(tmp_path):
+    arr = np.random.default_rng(3).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    p = str(tmp_path / "really_a_png.jpg")
+    Image.fromarray(arr).save(p, format="PNG")
+    np.testing.assert_array_equal(np.asarray(read_image(p)), arr)

@@ -371,3 +371,20 @@ def test_linear_train_transform_equals_solo_learn():
         torch.manual_seed(seed)
         x, m = mine(img, np.ones((50, 61), np.uint8))
         assert torch.equal(x, a) and m.shape == (1, 32, 32) and bool(m.all())
+
+
+def test_rrc_params_equals_torchvision_get_params():
+    from harl.data.transforms import rrc_params
+
+    rng = np.random.default_rng(0)
+    cases = [((h, w), scale) for h, w in [(64, 64), (3, 200), (200, 3), (1, 1), (37, 90), (500, 375)]
+             for scale in [(0.08, 1.0), (0.9, 1.0), (0.2, 0.3)]]
+    for (h, w), scale in cases:
+        img = Image.new("RGB", (w, h))
+        for seed in rng.integers(0, 2**31, 25):
+            torch.manual_seed(int(seed))
+            ref = T.RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3])
+            nxt_ref = torch.rand(1)
+            torch.manual_seed(int(seed))
+            assert rrc_params(h, w, scale) == tuple(ref), ((h, w), scale, seed)
+            assert torch.equal(torch.rand(1), nxt_ref)

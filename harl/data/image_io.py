@@ -45,11 +45,25 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+#: format tried first for a file extension (skips PIL's format probing; others are tried after)
+_FORMAT_HINTS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
+def _open_any(f, path: PathLike) -> Image.Image:
+    hint = _FORMAT_HINTS.get(os.path.splitext(os.fspath(path))[1].lower())
+    if hint is not None:
+        try:
+            return Image.open(f, formats=[hint])
+        except Image.UnidentifiedImageError:
+            f.seek(0)
+    return Image.open(f)
+
+
 def _open_decoded(path: PathLike) -> Image.Image:
     """Open and fully decode ``path``. FileNotFoundError passes through; anything else → CorruptImageError."""
     try:
         with open(path, "rb") as f:
-            img = Image.open(f)
+            img = _open_any(f, path)
             img.load()
     except FileNotFoundError:
         raise

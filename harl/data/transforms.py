@@ -15,12 +15,11 @@ With masks (``masks`` options given) each view additionally
    with ``torchvision.transforms.RandomResizedCrop.get_params`` semantics, accepted when the fg
    fraction of the mask inside the box (original resolution) is > ``min_fg_frac``; otherwise
    ``crop_fallback`` = ``last`` or ``best``; a mask without fg (or ``min_fg_frac`` null) takes the
-   first box;
+   first box (``RandomResizedCrop.get_params`` semantics: :func:`rrc_params`);
 2. crops and resizes the mask in one step with nearest neighbour, sampling exactly the pixel
-   centres PIL samples for the image (:func:`resize_mask_nearest`), while the image is resized
-   bicubic (PIL, antialiased);
-3. shares the horizontal flip (and the optional vertical flip ``vflip_prob``) with the image,
-   using ``transforms.v2`` functional ops on a ``tv_tensors.Mask``;
+   centres PIL samples for the image, while the image is resized bicubic (PIL, antialiased);
+3. shares the horizontal flip (and the optional vertical flip ``vflip_prob``) with the image
+   (steps 2–3 are one exact gather, :func:`crop_resize_flip_mask`);
 4. leaves the mask out of every photometric op (they are applied to the PIL image only);
 5. returns ``(image float 3×S×S, mask uint8 {0,1} 1×S×S, coords float32 [x0, y0, x1, y1])``, the
    box normalised by the original width/height; x0 > x1 after a horizontal flip (y0 > y1 after a
@@ -34,7 +33,10 @@ flip-equivariant (pointwise, histogram-based, or a symmetric blur), so this equa
 
 from __future__ import annotations
 
+import functools
+import math
 import random
+import threading
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -147,14 +149,92 @@ class MaskCropOptions:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pil_nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
-    """Source indices PIL's nearest resize samples: centre x+½ scaled, accumulated in double
-    exactly as Pillow does (``xo = step/2; xo += step``), then truncated."""
+@functools.lru_cache(maxsize=8192)
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source indices (int64, read-only) PIL's nearest resize samples along one axis of n_in → n_out
+    pixels: centre x+½ scaled, accumulated in double exactly as Pillow does (``xo = step/2;
+    xo += step``), then truncated. Cached per size pair."""
     step = n_in / n_out
     pos = np.full(n_out, step, dtype=np.float64)
     pos[0] = step * 0.5
     idx = np.minimum(np.cumsum(pos).astype(np.int64), n_in - 1)
-    return torch.from_numpy(idx)
+    idx.flags.writeable = False
+    return idx
+
+
+def _pil_nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
+    return torch.from_numpy(nearest_indices(n_in, n_out).copy())
+
+
+def crop_resize_flip_mask(mask: np.ndarray, box: Sequence[int], size: Sequence[int], hflip: bool = False,
+                          vflip: bool = False) -> np.ndarray:
+    """Crop ``box`` = (top, left, h, w) of an H×W mask, resize it to ``size`` = (h', w') with
+    pixel-centre nearest (the pixels PIL's nearest resize of the crop would take) and flip it:
+    one gather along each axis, exact. Returns a new contiguous h'×w' array.
+
+    This is the mask half of :class:`JointViewTransform`'s geometry. It is done by index
+    arithmetic rather than by passing a ``tv_tensors.Mask`` through ``transforms.v2`` functional
+    ops: the result is the same (tests check it against PIL), and the v2 dispatch of crop, resize
+    and flips on a ``Mask`` cost about ten times as much, a quarter of the loader's throughput
+    at 64 px.
+    """
+    top, left, h, w = (int(v) for v in box)
+    rows = nearest_indices(h, int(size[0])) + top
+    cols = nearest_indices(w, int(size[1])) + left
+    if vflip:
+        rows = rows[::-1]
+    if hflip:
+        cols = cols[::-1]
+    return mask.take(rows, axis=0).take(cols, axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _log_ratio_bounds(ratio: Tuple[float, float]) -> Tuple[float, float]:
+    logs = torch.log(torch.tensor(ratio))  # float32, as torchvision
+    return float(logs[0]), float(logs[1])
+
+
+_RNG_BUFFERS = threading.local()
+
+
+def _rng_buffers() -> Tuple[torch.Tensor, torch.Tensor]:
+    bufs = getattr(_RNG_BUFFERS, "bufs", None)
+    if bufs is None:
+        bufs = _RNG_BUFFERS.bufs = (torch.empty(1), torch.empty(1, dtype=torch.int64))
+    return bufs
+
+
+def rrc_params(height: int, width: int, scale: Sequence[float],
+               ratio: Tuple[float, float] = RRC_RATIO) -> Tuple[int, int, int, int]:
+    """One RandomResizedCrop box ``(top, left, h, w)`` for an image of ``height``×``width``.
+
+    Same algorithm and the same draws from torch's global RNG as
+    ``torchvision.transforms.RandomResizedCrop.get_params`` (area fraction ~ U[scale], log-aspect
+    ~ U[log ratio], up to 10 attempts, then a central crop clamped to ``ratio``), so a seed gives
+    the same box (tested); written out with reused one-element buffers because the fg-acceptance
+    rule draws up to ``max_tries`` boxes per view and torchvision's per-call set-up and
+    allocations made that a visible share of the loader's time.
+    """
+    lo, hi = _log_ratio_bounds((float(ratio[0]), float(ratio[1])))
+    fbuf, ibuf = _rng_buffers()
+    area = height * width
+    for _ in range(10):
+        target = area * fbuf.uniform_(scale[0], scale[1]).item()
+        aspect = fbuf.uniform_(lo, hi).exp_().item()
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(ibuf.random_(0, height - h + 1).item())
+            left = int(ibuf.random_(0, width - w + 1).item())
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def resize_mask_nearest(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -191,12 +271,13 @@ def sample_crop_box(img: Image.Image, scale: Tuple[float, float], mask: Optional
     the first with fg fraction > ``min_fg_frac`` wins, else the ``last`` draw or the ``best`` one
     (largest fraction, earliest on ties).
     """
+    height, width = img.height, img.width
     if mask is None or opts is None or opts.min_fg_frac is None or not mask.any():
-        return tuple(T.RandomResizedCrop.get_params(img, list(scale), list(ratio)))
+        return rrc_params(height, width, scale, ratio)
     best_box, best_f = None, -1.0
     box = None
     for _ in range(int(opts.max_tries)):
-        box = tuple(T.RandomResizedCrop.get_params(img, list(scale), list(ratio)))
+        box = rrc_params(height, width, scale, ratio)
         f = mask_fg_fraction(mask, *box)
         if f > opts.min_fg_frac:
             return box
@@ -215,6 +296,15 @@ def crop_coords(top: int, left: int, height: int, width: int, img_w: int, img_h:
     if vflip:
         y0, y1 = y1, y0
     return torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
+
+
+def prepare_mask(mask: MaskLike, img: Image.Image) -> np.ndarray:
+    """Any H×W (or 1×H×W) array/tensor at the image's size → contiguous uint8 {0, 1} numpy (fg ⇔ > 0)."""
+    m = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    m = m.reshape(m.shape[-2:])
+    if m.shape != (img.height, img.width):
+        raise ValueError(f"mask is {m.shape[1]}×{m.shape[0]} but image is {img.width}×{img.height}")
+    return np.ascontiguousarray(m > 0, dtype=np.uint8)
 
 
 def _applies(p: float) -> bool:
@@ -287,15 +377,12 @@ class JointViewTransform:
     def __call__(self, img: Image.Image, mask: Optional[MaskLike] = None):
         if self.with_masks and mask is None:
             raise ValueError("this JointViewTransform was built with mask options and needs a mask")
-        m_np = None
-        if mask is not None:
-            m_np = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-            m_np = m_np.reshape(m_np.shape[-2:])
-            if m_np.shape != (img.height, img.width):
-                raise ValueError(f"mask is {m_np.shape[1]}×{m_np.shape[0]} but image is {img.width}×{img.height}")
-            m_np = (m_np > 0).astype(np.uint8)
+        return self.view(img, None if mask is None else prepare_mask(mask, img))
+
+    def view(self, img: Image.Image, mask: Optional[np.ndarray]):
+        """``__call__`` for a mask already through :func:`prepare_mask` (or None)."""
         img_w, img_h = img.size
-        out, box = self._geometry(img, m_np)
+        out, box = self._geometry(img, mask)
         out = self.photometric(out)
         a = self.aug
         hflip = bool(a.hflip_prob) and bool(torch.rand(1) < a.hflip_prob)
@@ -307,17 +394,11 @@ class JointViewTransform:
             if vflip:
                 out = F2.vertical_flip(out)
         x = F1.normalize(F1.to_tensor(out), self.mean, self.std)
-        if m_np is None:
+        if mask is None:
             return x
-        m = tv_tensors.Mask(torch.from_numpy(m_np)[None])
-        m = F2.crop(m, *box)
-        m = resize_mask_nearest(m, (out.height, out.width))
-        if hflip:
-            m = F2.horizontal_flip(m)
-        if vflip:
-            m = F2.vertical_flip(m)
+        m = crop_resize_flip_mask(mask, box, (out.height, out.width), hflip=hflip, vflip=vflip)
         coords = crop_coords(*box, img_w, img_h, hflip=hflip, vflip=vflip)
-        return x, m.as_subclass(torch.Tensor).contiguous(), coords
+        return x, torch.from_numpy(m)[None], coords
 
     def __repr__(self) -> str:
         a = self.aug
@@ -368,12 +449,15 @@ class MultiViewTransform:
     def __call__(self, img: Image.Image, mask: Optional[MaskLike] = None):
         if not self.with_masks:
             return [p(img) for p, n in zip(self.pipelines, self.num_crops) for _ in range(n)]
+        if mask is None:
+            raise ValueError("these pipelines were built with mask options and need a mask")
+        m_np = prepare_mask(mask, img)
         views: List[torch.Tensor] = []
         masks: List[torch.Tensor] = []
         coords: List[torch.Tensor] = []
         for p, n in zip(self.pipelines, self.num_crops):
             for _ in range(n):
-                x, m, c = p(img, mask)
+                x, m, c = p.view(img, m_np)
                 views.append(x)
                 masks.append(m)
                 coords.append(c)
