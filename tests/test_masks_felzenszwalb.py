@@ -292,3 +292,23 @@ def test_resize_mask_nearest():
     np.testing.assert_array_equal(resize_mask_nearest(m, 4, 4), np.kron(m, np.ones((2, 2), bool)))
     big = np.kron(m, np.ones((3, 3), bool))
     np.testing.assert_array_equal(resize_mask_nearest(big, 2, 2), m)
+
+
+def test_fill_holes_equals_scipy():
+    from scipy import ndimage as ndi
+
+    from harl.masks.felzenszwalb import fill_holes
+
+    rng = np.random.default_rng(0)
+    for p in (0.3, 0.5, 0.6, 0.75):
+        for shape in ((1, 7), (5, 1), (9, 13), (40, 31)):
+            m = rng.random(shape) < p
+            np.testing.assert_array_equal(fill_holes(m), ndi.binary_fill_holes(m))
+    assert not fill_holes(np.zeros((4, 4), bool)).any() and fill_holes(np.ones((4, 4), bool)).all()
+
+
+def test_float32_lab_matches_skimage_uint8_lab():
+    from skimage import data
+
+    img = data.coffee()[:120, :160]
+    np.testing.assert_allclose(rgb2lab(img.astype(np.float32) / 255), rgb2lab(img), atol=2e-3)

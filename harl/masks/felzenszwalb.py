@@ -19,7 +19,7 @@ selection is not public, so this is the project's rule:
    segment only (``min_area``); fg > max_area → drop selected segments by ascending s_k until
    ≤ max_area (``max_area``); if even the best segment alone exceeds max_area, the centre box
    (``max_area+center``).
-7. Fill holes (``scipy.ndimage.binary_fill_holes``).
+7. Fill holes (:func:`fill_holes`, equal to ``scipy.ndimage.binary_fill_holes``).
 
 All per-segment statistics are computed with ``np.bincount`` (O(pixels)), so the cost beyond
 the Felzenszwalb call itself is a Lab conversion and a few passes over the image.
@@ -134,10 +134,13 @@ def segment_stats(labels: np.ndarray, lab: np.ndarray) -> Dict[str, np.ndarray]:
     lab_flat = lab.reshape(-1, 3)
     color = np.stack([np.bincount(flat, weights=lab_flat[:, c], minlength=k) for c in range(3)], axis=1)
     color /= safe[:, None]
+    # centroids from per-row and per-column counts (K×h and K×w integer bincounts, no weights)
     ys = (np.arange(h, dtype=np.float64) + 0.5) / h
     xs = (np.arange(w, dtype=np.float64) + 0.5) / w
-    cy = np.bincount(flat, weights=np.repeat(ys, w), minlength=k) / safe
-    cx = np.bincount(flat, weights=np.tile(xs, h), minlength=k) / safe
+    rows = np.bincount((labels * h + np.arange(h)[:, None]).ravel(), minlength=k * h).reshape(k, h)
+    cols = np.bincount((labels * w + np.arange(w)[None, :]).ravel(), minlength=k * w).reshape(k, w)
+    cy = rows @ ys / safe
+    cx = cols @ xs / safe
     if h == 1 or w == 1:
         frame = flat
     else:
@@ -202,6 +205,26 @@ def select_segments(score: np.ndarray, area: np.ndarray, select_ratio: float = 0
     return selected, FALLBACK_NONE
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """H×W bool → the mask with every background region that does not touch the frame filled.
+
+    Identical to ``scipy.ndimage.binary_fill_holes`` (background 4-connected; checked by a test)
+    but computed with one connected-component labelling instead of an iterated dilation
+    (≈1 ms instead of ≈4 ms at 500×375).
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, dtype=bool)
+    bg = ~mask
+    comp, n = ndi.label(bg)  # default structure: 4-connectivity
+    if n == 0:
+        return mask
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[np.concatenate([comp[0, :], comp[-1, :], comp[:, 0], comp[:, -1]])] = True
+    outside[0] = False
+    return mask | (bg & ~outside[comp])
+
+
 def center_box(height: int, width: int) -> np.ndarray:
     """The central 50 %×50 % box: rows [⌊H/4⌉, ⌊3H/4⌉), cols likewise (H×W bool)."""
     mask = np.zeros((height, width), dtype=bool)
@@ -224,7 +247,6 @@ def felzenszwalb_mask(image: np.ndarray, params: FelzenszwalbParams = Felzenszwa
     ``return_details`` also ``labels`` (working-size label map), ``stats``, ``scores`` and
     ``selected``.
     """
-    from scipy import ndimage as ndi
     from skimage.color import rgb2lab
     from skimage.segmentation import felzenszwalb
 
@@ -236,14 +258,16 @@ def felzenszwalb_mask(image: np.ndarray, params: FelzenszwalbParams = Felzenszwa
     work = resize_rgb(image, wh, ww)
     min_size = scaled_min_size(wh * ww, params.min_size, params.min_size_ref_area, params.min_size_floor)
     labels = felzenszwalb(work, scale=params.scale, sigma=params.sigma, min_size=min_size)
-    stats = segment_stats(labels, rgb2lab(work))
+    # float32 input: skimage converts in float32 (3× faster than from uint8/float64); the means
+    # differ from float64 by ~1e-4 Lab units
+    stats = segment_stats(labels, rgb2lab(work.astype(np.float32) * np.float32(1 / 255)))
     scores = segment_scores(stats, params.center_sigma)
     selected, fallback = select_segments(scores["score"], stats["area"], params.select_ratio,
                                          params.min_area, params.max_area)
     if selected is None:
         mask = center_box(height, width)
     else:
-        work_mask = ndi.binary_fill_holes(selected[labels])
+        work_mask = fill_holes(selected[labels])
         if (wh, ww) == (height, width):
             mask = work_mask
         else:
@@ -251,7 +275,7 @@ def felzenszwalb_mask(image: np.ndarray, params: FelzenszwalbParams = Felzenszwa
 
             mask = resize_mask_nearest(work_mask, height, width)
             if wh > height or ww > width:  # nearest *down*-sampling can close a thin gap
-                mask = ndi.binary_fill_holes(mask)
+                mask = fill_holes(mask)
     info: Dict[str, Any] = {
         "n_segments": int(len(stats["count"])),
         "fallback": fallback,
