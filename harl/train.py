@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from harl.checkpoint import Checkpointer, find_resumable, new_version, run_root
 from harl.config import ConfigError, num_devices, parse_cfg
+from harl.data.sampling import SamplerState
 from harl.methods import METHODS
 
 log = logging.getLogger("harl")
@@ -124,6 +125,7 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
 
     cbs: List[Callback] = [
         EpochSeeder(cfg.seed),
+        SamplerState(train_loader.sampler),
         Checkpointer(cfg, run_dir, version, enabled=cfg.checkpoint.enabled,
                      frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev),
         LearningRateMonitor(logging_interval="step"),
@@ -146,6 +148,7 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
             callbacks=cbs,
             enable_checkpointing=False,
             default_root_dir=run_dir,
+            use_distributed_sampler=False,  # the pretraining sampler shards across ranks itself
             **acc,
             **extra,
         )

@@ -13,10 +13,12 @@ from typing import Any, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader
 
+
 from harl.data.datasets import ClassificationDataset, PretrainDataset
 from harl.data.eval_transforms import EvalTransform, LinearTrainTransform, resize_center_crop_geometry
 from harl.data.mask_pairing import MaskReader
 from harl.data.registry import DATASETS, DatasetSpec
+from harl.data.sampling import EpochSeededDataset, EpochShuffleSampler
 from harl.data.sources import ImageSource, SubsetSource, stratified_subset
 from harl.data.transforms import JointViewTransform, MultiViewTransform
 
@@ -108,14 +110,20 @@ def _pin_memory() -> bool:
 
 def build_pretrain_loader(cfg: Any, dataset) -> DataLoader:
     """Shuffled, ``drop_last`` loader of ``optimizer.batch_size`` (per device) with
-    ``data.num_workers`` workers; pin_memory only with CUDA; no persistent workers."""
+    ``data.num_workers`` workers; pin_memory only with CUDA; no persistent workers.
+
+    Order and augmentations are a function of (``seed``, epoch, index) (see
+    :mod:`harl.data.sampling`), sharded across DDP ranks by the sampler itself."""
     batch_size = int(cfg.optimizer.batch_size)
     if len(dataset) < batch_size:
         raise _config_error(
             f"the training set has {len(dataset)} samples, fewer than optimizer.batch_size={batch_size} "
             f"(data.train_path='{cfg.data.train_path}'); with drop_last no batch would be formed")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=int(cfg.data.num_workers),
-                      pin_memory=_pin_memory(), drop_last=True, persistent_workers=False)
+    seed = int(cfg.get("seed", 0) or 0)
+    sampler = EpochShuffleSampler(len(dataset), seed)
+    return DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
+                      num_workers=int(cfg.data.num_workers), pin_memory=_pin_memory(), drop_last=True,
+                      persistent_workers=False)
 
 
 # ---------------------------------------------------------------------------------------------
