@@ -161,6 +161,19 @@ def test_meta_mismatch_is_refused(six_images, tmp_path):
                 meta={"generator": "felzenszwalb", "params": {"sigma": 0.5}})
 
 
+def test_meta_volatile_keys(tmp_path):
+    from harl.masks.runner import check_and_write_meta
+
+    out = str(tmp_path)
+    base = {"generator": "g", "params": {"a": 1, "device": "cpu"}, "volatile": ["params.device"]}
+    check_and_write_meta(out, base)
+    check_and_write_meta(out, {**base, "params": {"a": 1, "device": "cuda"}})  # allowed to differ
+    with pytest.raises(MetaMismatchError, match="params.a: 1 here vs 2 now"):
+        check_and_write_meta(out, {**base, "params": {"a": 2, "device": "cpu"}})
+    check_and_write_meta(out, {**base, "params": {"a": 2}}, overwrite=True)
+    assert json.load(open(os.path.join(out, "meta.json")))["params"] == {"a": 2}
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
 def test_shard_select_partitions(n):
     items = [f"c{i % 3}/img{i:03d}.jpg" for i in range(23)]

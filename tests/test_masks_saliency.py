@@ -235,6 +235,15 @@ def test_cli_train_and_generate(tiny_set, tmp_path, capsys):
                  "--no-progress"]) == 0
     for rel in list_files(out, (".png",)):
         assert open(os.path.join(out, rel), "rb").read() == open(os.path.join(out1, rel), "rb").read()
+    # resuming with another device string and a copy of the head elsewhere: same identity, all skipped
+    import shutil
+
+    moved = str(tmp_path / "moved_head.pt")
+    shutil.copy(head, moved)
+    capsys.readouterr()
+    assert main(["saliency", "--images", str(sub), "--out", out1, "--weights", moved, "--device", "auto",
+                 "--no-progress"]) == 0
+    assert "3 already done, 0 done now" in capsys.readouterr().out
     # missing weights: a clear error, exit status 2
     assert main(["saliency", "--images", str(sub), "--out", str(tmp_path / "x"), "--weights",
                  str(tmp_path / "none.pt"), "--no-progress"]) == 2

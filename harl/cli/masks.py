@@ -217,6 +217,8 @@ def cmd_generate(args) -> int:
     meta = {"generator": spec.name, "params": dataclasses.asdict(params)}
     if spec.describe is not None:
         meta.update(spec.describe(params))
+    if spec.volatile:
+        meta["volatile"] = list(spec.volatile)
     job = ImageGeneratorJob(os.path.abspath(args.images), spec.name, params)
     summary = run_job(job, rels, args.out, _run_options(args), meta=meta)
     return _finish(summary, args)

@@ -34,6 +34,8 @@ class GeneratorSpec:
     uses_torch: bool = False  # workers are started with 'spawn' (fork after torch init is unsafe)
     # extra, non-parameter facts for meta.json (e.g. the sha256 of a weights file): params -> dict
     describe: Optional[Callable[[Any], Dict[str, Any]]] = field(default=None, compare=False)
+    # dotted meta.json keys that may change between runs into one folder (not part of the masks' identity)
+    volatile: Tuple[str, ...] = ()
 
 
 GENERATORS: Registry[GeneratorSpec] = Registry("mask generator")

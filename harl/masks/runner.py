@@ -289,8 +289,13 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def check_and_write_meta(out_root: str, meta: Dict[str, Any], overwrite: bool = False) -> None:
-    """Write ``OUT/meta.json``; an existing one must describe the same generator and parameters."""
+    """Write ``OUT/meta.json``; an existing one must describe the same generator and parameters.
+
+    ``meta["volatile"]`` may list (dotted) keys that are allowed to differ between runs into the
+    same folder (e.g. ``params.device``, or a weights *path* whose sha256 is compared instead).
+    """
     path = os.path.join(out_root, "meta.json")
+    meta = json.loads(json.dumps(meta))  # tuples → lists, as read back from the file
     if os.path.isfile(path) and not overwrite:
         with open(path, encoding="utf-8") as f:
             try:
@@ -298,12 +303,18 @@ def check_and_write_meta(out_root: str, meta: Dict[str, Any], overwrite: bool = 
             except ValueError:
                 old = None
         if old is not None:
-            if old != meta:
-                a, b = _flatten(old), _flatten(json.loads(json.dumps(meta)))
+            volatile = tuple(meta.get("volatile", [])) + tuple(old.get("volatile", [])) + ("volatile",)
+
+            def compared(d):
+                return {k: v for k, v in _flatten(d).items()
+                        if not any(k == x or k.startswith(x + ".") for x in volatile)}
+
+            a, b = compared(old), compared(meta)
+            if a != b:
                 diff = ", ".join(f"{k}: {a.get(k, '<absent>')!r} here vs {b.get(k, '<absent>')!r} now"
                                  for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
                 raise MetaMismatchError(
-                    f"'{out_root}' holds masks made with other settings ({diff or 'meta.json differs'}); "
+                    f"'{out_root}' holds masks made with other settings ({diff}); "
                     "use another --out, or --overwrite to redo them")
             return
     atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -527,8 +538,9 @@ def _run_pool(job, todo: Sequence[str], out_root: str, options: RunOptions, cons
                 for f in finished:
                     consume(f.result())
         except BrokenProcessPool as err:
-            raise RuntimeError("a mask worker process died (out of memory or a crash in a native "
-                               "library); finished masks are kept: rerun the same command to resume") from err
+            raise RuntimeError("a mask worker process failed to start or died (see its error above; "
+                               "out of memory, a crash in a native library, or a generator that cannot "
+                               "be built); finished masks are kept: rerun the same command to resume") from err
         except BaseException:
             for f in pending:
                 f.cancel()

@@ -113,4 +113,6 @@ register_generator(GeneratorSpec(
     description="deep saliency masks: backbone feature map → 1×1 conv → sigmoid > 0.5 (SPEC §2.2 b)",
     uses_torch=True,
     describe=describe_saliency,
+    # the masks depend on the weights' and checkpoint's contents (sha256, compared), not on paths or device
+    volatile=("params.device", "params.weights", "params.checkpoint", "weights", "checkpoint", "head_train"),
 ))
