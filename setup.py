@@ -40,6 +40,7 @@ setup(
             "harl-linear=harl.cli.linear:main",
             "harl-masks=harl.cli.masks:main",
             "harl-scenes=harl.cli.scenes:main",
+            "harl-zoo=harl.cli.zoo:main",
         ]
     },
 )

@@ -1,0 +1,214 @@
+"""Plain torchvision / timm models for harl backbones, and :func:`load_backbone`.
+
+``format="torchvision"`` returns a ``torchvision.models.ResNet`` (its own class and forward) with
+``fc = Identity`` so that ``model(x)`` is the pooled B×C feature. Architecture options of harl's
+``SSLResNet`` are rebuilt with torchvision's own pieces and the model says so in
+``model.harl_changes``:
+
+- ``cifar_stem``: ``conv1`` = 3×3 stride-1 conv (padding 2), ``maxpool`` = Identity;
+- ``width`` ≠ 64: the stem and the four stages rebuilt with ``ResNet._make_layer`` at that width;
+- ``c5_stride1``: ``layer4`` rebuilt with stride 1 (``c5_dilate``: torchvision's dilation).
+
+``format="timm"`` returns ``timm.create_model(name, num_classes=0)``; timm's ResNet key names equal
+torchvision's, widths map to timm's ``stem_width``/``channels``, the CIFAR stem is swapped in the same
+way; ``c5_stride1`` has no timm equivalent and is refused. timm backbones (any other name) are
+rebuilt with ``timm.create_model`` and keep timm's names. ``format="harl"`` returns harl's own
+backbone (``forward_features`` gives the feature map).
+
+All loads are strict: any missing, unexpected or mis-shaped key raises ``CheckpointMismatchError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from harl.checkpoint import strict_load
+from harl.registry import Registry
+from harl.zoo.weights import BackboneWeights, build_harl_backbone, read_backbone_weights
+
+#: format name → builder(weights) returning an un-loaded model whose state dict keys match ``weights``
+MODEL_FORMATS: Registry[Callable[[BackboneWeights], nn.Module]] = Registry("model format")
+
+
+class UnsupportedExport(ValueError):
+    """The requested format cannot represent this architecture."""
+
+
+def _resnet_spec(name: str):
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+            "resnet50": (Bottleneck, [3, 4, 6, 3])}[name]
+
+
+def _cifar_stem(width: int) -> nn.Conv2d:
+    return nn.Conv2d(3, width, kernel_size=3, stride=1, padding=2, bias=False)
+
+
+def torchvision_resnet(name: str, width: int = 64, cifar_stem: bool = False, c5_stride1: bool = False,
+                       c5_dilate: bool = False, **_ignored) -> nn.Module:
+    """A ``torchvision.models.ResNet`` with harl's architecture options (see the module docstring)."""
+    import torchvision
+
+    block, layers = _resnet_spec(name)
+    model = getattr(torchvision.models, name)(weights=None)
+    changes: List[str] = ["fc=Identity"]
+    if width != 64 or c5_stride1:
+        model.inplanes, model.dilation = width, 1
+        model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        model.bn1 = nn.BatchNorm2d(width)
+        model.layer1 = model._make_layer(block, width, layers[0])
+        model.layer2 = model._make_layer(block, width * 2, layers[1], stride=2)
+        model.layer3 = model._make_layer(block, width * 4, layers[2], stride=2)
+        if c5_stride1 and c5_dilate:
+            model.layer4 = model._make_layer(block, width * 8, layers[3], stride=2, dilate=True)
+        else:
+            model.layer4 = model._make_layer(block, width * 8, layers[3], stride=1 if c5_stride1 else 2)
+        if width != 64:
+            changes.append(f"stem and stages rebuilt at width {width}")
+        if c5_stride1:
+            changes.append("layer4 stride 1" + (" (dilated)" if c5_dilate else ""))
+    if cifar_stem:
+        model.conv1 = _cifar_stem(width)
+        model.maxpool = nn.Identity()
+        changes.append("conv1=3x3 stride 1 padding 2, maxpool=Identity (CIFAR stem)")
+    model.fc = nn.Identity()
+    model.harl_changes = changes
+    return model
+
+
+def _torchvision_builder(weights: BackboneWeights) -> nn.Module:
+    if not weights.is_resnet:
+        raise UnsupportedExport(f"backbone '{weights.backbone}' is a timm model: it has no torchvision "
+                                "equivalent; use format='timm'")
+    return torchvision_resnet(weights.backbone, **weights.arch_kwargs())
+
+
+def _timm_builder(weights: BackboneWeights) -> nn.Module:
+    import timm
+
+    if not weights.is_resnet:
+        name = weights.backbone[len("timm/"):] if weights.backbone.startswith("timm/") else weights.backbone
+        kwargs = dict(weights.kwargs)
+        kwargs.pop("pretrained", None)
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    a = weights.arch_kwargs()
+    if a["c5_stride1"]:
+        raise UnsupportedExport("c5_stride1 has no timm ResNet equivalent; use format='torchvision' or 'harl'")
+    w = a["width"]
+    extra: Dict[str, Any] = {}
+    if w != 64:
+        extra = {"stem_width": w, "channels": (w, 2 * w, 4 * w, 8 * w)}
+    try:
+        model = timm.create_model(weights.backbone, pretrained=False, num_classes=0, **extra)
+    except TypeError as err:  # older timm without ``channels``
+        raise UnsupportedExport(f"this timm version cannot build {weights.backbone} at width {w}: {err}") from err
+    changes = ["num_classes=0"]
+    if w != 64:
+        changes.append(f"stem_width={w}, channels={extra['channels']}")
+    if a["cifar_stem"]:
+        model.conv1 = _cifar_stem(w)
+        model.maxpool = nn.Identity()
+        changes.append("conv1=3x3 stride 1 padding 2, maxpool=Identity (CIFAR stem)")
+    model.harl_changes = changes
+    return model
+
+
+def _harl_builder(weights: BackboneWeights) -> nn.Module:
+    return build_harl_backbone(weights, load=False)
+
+
+MODEL_FORMATS.register("torchvision", _torchvision_builder)
+MODEL_FORMATS.register("timm", _timm_builder)
+MODEL_FORMATS.register("harl", _harl_builder)
+
+
+def default_format(weights: BackboneWeights) -> str:
+    return "torchvision" if weights.is_resnet else "timm"
+
+
+def build_model(weights: BackboneWeights, format: Optional[str] = None, load: bool = True) -> nn.Module:
+    """The ``format`` model for ``weights`` (default: torchvision for ResNets, timm otherwise).
+
+    With ``load`` the weights are loaded strictly.
+    """
+    fmt = format or default_format(weights)
+    model = MODEL_FORMATS.get(fmt)(weights)
+    if load:
+        strict_load(model, weights.state_dict, source=weights.source or "weights")
+    return model
+
+
+def resolve_weights(name_or_path: str, backbone: Optional[str] = None,
+                    backbone_kwargs: Optional[Mapping[str, Any]] = None, manifest: Optional[str] = None,
+                    cache_dir: Optional[str] = None, progress: bool = True):
+    """``(BackboneWeights, ZooEntry or None)`` for a zoo entry name or a checkpoint path.
+
+    A name found in the manifest is fetched and verified (see :mod:`harl.zoo.download`); otherwise
+    ``name_or_path`` must be an existing file.
+    """
+    import os
+
+    from harl.zoo.download import fetch_entry
+    from harl.zoo.manifest import ManifestError, load_manifest
+
+    if os.path.isfile(name_or_path):
+        return read_backbone_weights(name_or_path, backbone, backbone_kwargs), None
+    try:
+        m = load_manifest(manifest)
+    except ManifestError as err:
+        raise FileNotFoundError(f"'{name_or_path}' is not a file, and the zoo manifest is unavailable: {err}") from err
+    if name_or_path not in m:
+        from harl.registry import close_match_hint
+
+        raise FileNotFoundError(
+            f"'{name_or_path}' is neither a file nor a zoo entry in {m.path}"
+            f"{close_match_hint(name_or_path, m.names)}; entries: {', '.join(m.names) or 'none'}")
+    entry = m.get(name_or_path)
+    path = fetch_entry(entry, cache_dir=cache_dir, progress=progress)
+    weights = read_backbone_weights(path, backbone or entry.backbone,
+                                    backbone_kwargs if backbone_kwargs is not None else entry.backbone_kwargs)
+    weights.config = entry.config
+    return weights, entry
+
+
+def load_backbone(name_or_path: str, format: Optional[str] = None, *, backbone: Optional[str] = None,
+                  backbone_kwargs: Optional[Mapping[str, Any]] = None, manifest: Optional[str] = None,
+                  cache_dir: Optional[str] = None, progress: bool = True) -> nn.Module:
+    """A plain model with pretrained weights loaded strictly.
+
+    Args:
+        name_or_path: a zoo entry name (``harl-zoo list``) or a checkpoint file (harl ``.ckpt`` with
+            ``args.json``, exported ``.pth``/``.safetensors``).
+        format: ``"torchvision"`` (default for ResNets: a ``torchvision.models.ResNet`` with
+            ``fc=Identity``), ``"timm"`` (``timm.create_model(..., num_classes=0)``; default for timm
+            backbones) or ``"harl"`` (harl's backbone class).
+        backbone, backbone_kwargs: override the architecture recorded with the weights.
+        manifest: manifest file (default ``$HARL_ZOO_MANIFEST`` or the repository's).
+        cache_dir: download cache (default ``$HARL_CACHE`` or ``~/.cache/harl``).
+
+    Returns:
+        the model in train mode (call ``.eval()`` for features); ``model(x)``: B×3×H×W → B×C.
+    """
+    weights, _ = resolve_weights(name_or_path, backbone, backbone_kwargs, manifest, cache_dir, progress)
+    return build_model(weights, format)
+
+
+def random_backbone(entry, format: Optional[str] = None) -> nn.Module:
+    """The architecture of zoo ``entry`` without pretrained weights (``pretrained=False`` in the hub)."""
+    weights = BackboneWeights(entry.backbone, dict(entry.backbone_kwargs), {}, source=entry.name)
+    return build_model(weights, format, load=False)
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled features B×C of ``model`` (torchvision / timm / harl) for images B×3×H×W, in eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        model.train(was)
