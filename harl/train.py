@@ -62,6 +62,17 @@ def resolve_accelerator(cfg: DictConfig) -> dict:
     return {"accelerator": acc, "devices": devices, "strategy": strategy}
 
 
+def _sync_batchnorm(cfg: DictConfig, acc: dict) -> bool:
+    """SyncBatchNorm only where it can run: several processes on GPUs (torch has no CPU version)."""
+    if not cfg.sync_batchnorm or acc["strategy"] == "auto":
+        return False
+    on_gpu = acc["accelerator"] in ("gpu", "cuda") or (acc["accelerator"] == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        warnings.warn("sync_batchnorm is ignored on CPU (torch's SyncBatchNorm needs CUDA); "
+                      "each process keeps its own BatchNorm statistics")
+    return on_gpu
+
+
 def trainer_extra_kwargs(cfg: DictConfig) -> dict:
     """Top-level config keys that are ``Trainer`` arguments not handled elsewhere (solo-learn style)."""
     from harl.config import SCHEMA, trainer_init_keys
@@ -142,7 +153,7 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
             max_epochs=int(cfg.max_epochs),
             num_nodes=int(cfg.num_nodes),
             precision=cfg.precision,
-            sync_batchnorm=bool(cfg.sync_batchnorm) and acc["strategy"] != "auto",
+            sync_batchnorm=_sync_batchnorm(cfg, acc),
             accumulate_grad_batches=int(cfg.accumulate_grad_batches),
             logger=loggers,
             callbacks=cbs,
