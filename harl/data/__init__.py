@@ -37,7 +37,9 @@ from harl.data.transforms import (
     MaskCropOptions,
     MultiViewTransform,
     ViewAugmentation,
+    crop_resize_flip_mask,
     resize_mask_nearest,
+    rrc_params,
     sample_crop_box,
 )
 
@@ -47,7 +49,7 @@ __all__ = [
     "MaskSizeMismatchError", "MaskReader",
     "ImageSource", "FolderSource", "ArraySource", "SubsetSource", "list_image_folder", "stratified_subset",
     "JointViewTransform", "MultiViewTransform", "ViewAugmentation", "MaskCropOptions", "resize_mask_nearest",
-    "sample_crop_box", "EvalGeometry", "EvalTransform", "LinearTrainTransform",
+    "sample_crop_box", "rrc_params", "crop_resize_flip_mask", "EvalGeometry", "EvalTransform", "LinearTrainTransform",
     "PretrainDataset", "ClassificationDataset", "report_skipped",
     "build_pretrain_dataset", "build_pretrain_loader", "build_val_dataset", "build_val_loader",
     "build_classification_dataset", "build_view_transform", "build_eval_transform", "dataset_stats",
