@@ -401,6 +401,20 @@ def count_class_folders(path: Optional[str], no_labels: bool) -> int:
     return max(1, sum(1 for e in os.scandir(path) if e.is_dir()))
 
 
+def _add_or_override(override: str, config_dir: str) -> str:
+    """``key=value`` → ``++key=value`` (set whether or not the YAML has the key), except for config
+    groups (a sub-folder of the config dir, e.g. ``augmentations=symmetric.yaml``) and overrides that
+    already carry Hydra's ``+``/``~`` prefixes. Unknown keys are still caught by :func:`validate_cfg`."""
+    import os
+
+    if override.startswith(("+", "~")) or "=" not in override:
+        return override
+    key = override.split("=", 1)[0]
+    if os.path.isdir(os.path.join(config_dir, key.split("/")[0])):
+        return override
+    return "++" + override
+
+
 def load_yaml(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     """Compose a YAML config (Hydra defaults lists and ``key=value`` overrides supported)."""
     import os
@@ -411,8 +425,10 @@ def load_yaml(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file '{path}' does not exist")
+    config_dir = os.path.dirname(path)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=os.path.dirname(path), version_base="1.2"):
-        cfg = compose(config_name=os.path.basename(path), overrides=list(overrides))
+    with initialize_config_dir(config_dir=config_dir, version_base="1.2"):
+        cfg = compose(config_name=os.path.basename(path),
+                      overrides=[_add_or_override(o, config_dir) for o in overrides])
     OmegaConf.set_struct(cfg, False)
     return cfg

@@ -102,3 +102,32 @@ def test_wrong_types_are_errors():
     raw["augmentations"] = []
     with pytest.raises(ConfigError, match="augmentations"):
         validate_cfg(raw)
+
+
+def test_yaml_overrides_add_keys_and_switch_groups():
+    import os
+
+    from harl.config import load_yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "pretrain", "cifar", "byol.yaml")
+    cfg = load_yaml(path, ["max_epochs=3", "log_every_n_steps=7", "augmentations=symmetric.yaml",
+                           "augmentations.0.rrc.crop_min_scale=0.3"])
+    assert cfg.max_epochs == 3 and cfg.log_every_n_steps == 7
+    assert len(cfg.augmentations) == 1 and cfg.augmentations[0].num_crops == 2  # the symmetric group
+    assert cfg.augmentations[0].rrc.crop_min_scale == 0.3
+    with pytest.raises(ConfigError, match="did you mean 'max_epochs'"):
+        validate_cfg(load_yaml(path, ["max_epoch=3"]))
+
+
+def test_every_shipped_pretrain_config_validates():
+    import glob
+    import os
+
+    from harl.config import load_yaml
+
+    root = os.path.join(os.path.dirname(__file__), "..", "scripts", "pretrain")
+    paths = sorted(glob.glob(os.path.join(root, "*", "*.yaml")))
+    assert len(paths) >= 16
+    for path in paths:
+        cfg = parse_cfg(load_yaml(path))
+        assert cfg.method == os.path.splitext(os.path.basename(path))[0], path
