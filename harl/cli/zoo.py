@@ -37,27 +37,29 @@ def _json_arg(text: str) -> Dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    manifest_help = "manifest file (default: $HARL_ZOO_MANIFEST, else the repository's zoo/manifest.yaml)"
     p = argparse.ArgumentParser(prog=PROG, description="harl's pretrained zoo: every file verified by sha256.")
-    p.add_argument("--manifest", default=None,
-                   help="manifest file (default: $HARL_ZOO_MANIFEST, else the repository's zoo/manifest.yaml)")
+    p.add_argument("--manifest", default=None, help=manifest_help)
+    common = argparse.ArgumentParser(add_help=False)  # --manifest is accepted after the command too
+    common.add_argument("--manifest", default=argparse.SUPPRESS, help=manifest_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("list", help="show the manifest's entries")
+    s = sub.add_parser("list", parents=[common], help="show the manifest's entries")
     s.add_argument("--json", action="store_true", help="print the entries as JSON")
     s.add_argument("--cache-dir", default=None, help="cache folder (default $HARL_CACHE or ~/.cache/harl)")
 
-    s = sub.add_parser("download", help="fetch and verify an entry; prints the local path")
+    s = sub.add_parser("download", parents=[common], help="fetch and verify an entry; prints the local path")
     s.add_argument("name")
     s.add_argument("--cache-dir", default=None, help="cache folder (default $HARL_CACHE or ~/.cache/harl)")
     s.add_argument("--force", action="store_true", help="download again even when a verified copy is cached")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds per network operation")
 
-    s = sub.add_parser("verify", help="check the manifest, the README and the sha256 of every file on disk")
+    s = sub.add_parser("verify", parents=[common], help="check the manifest, the README and the sha256 of every file on disk")
     s.add_argument("names", nargs="*", help="entries to check (default: all)")
     s.add_argument("--cache-dir", default=None)
 
-    s = sub.add_parser("export", help="write a zoo entry or checkpoint in another library's format")
+    s = sub.add_parser("export", parents=[common], help="write a zoo entry or checkpoint in another library's format")
     s.add_argument("source", metavar="NAME|PATH", help="zoo entry name or checkpoint file")
     s.add_argument("--format", required=True, choices=["torchvision", "timm", "detectron2", "safetensors"])
     s.add_argument("--out", default=None, help="output file (default: <name>-<format>.<ext> here)")
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-kwargs", type=_json_arg, default=None, help="JSON, e.g. '{\"cifar_stem\": true}'")
     s.add_argument("--cache-dir", default=None)
 
-    s = sub.add_parser("import", help="convert a solo-learn / official HARL / generic checkpoint (strict)")
+    s = sub.add_parser("import", parents=[common], help="convert a solo-learn / official HARL / generic checkpoint (strict)")
     s.add_argument("source", metavar="PATH")
     s.add_argument("--from", dest="flavour", default="auto",
                    choices=["auto", "solo-learn", "harl-official", "generic"])
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust", action="store_true",
                    help="allow unpickling Python objects stored in the checkpoint (only for sources you trust)")
 
-    s = sub.add_parser("add", help="publish a trained harl checkpoint into the manifest")
+    s = sub.add_parser("add", parents=[common], help="publish a trained harl checkpoint into the manifest")
     s.add_argument("--checkpoint", required=True, help="a harl .ckpt (args.json beside it)")
     s.add_argument("--name", required=True, help="entry name (a Python identifier: it is a hub entry point)")
     s.add_argument("--metrics", required=True, help="JSON file: linear_top1, knn_top1[, dense_miou, ...] in percent")
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--force", action="store_true", help="replace an existing entry of that name")
 
-    s = sub.add_parser("readme", help="regenerate zoo/README.md from the manifest")
+    s = sub.add_parser("readme", parents=[common], help="regenerate zoo/README.md from the manifest")
     s.add_argument("--check", action="store_true", help="only check that it is current (exit 1 if not)")
     return p
 

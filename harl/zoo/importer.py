@@ -157,9 +157,11 @@ def _hparams_backbone(hparams: Mapping[str, Any]) -> Optional[str]:
 
 
 def detect_flavour(sd: Mapping[str, Any], hparams: Mapping[str, Any]) -> str:
-    """``harl-official`` for MNCRL checkpoints, ``solo-learn`` for ``backbone.*`` dicts, else ``generic``."""
+    """``harl-official`` for MNCRL checkpoints, ``solo-learn`` for ``backbone.*`` (or legacy ``encoder.*``)
+    dicts, else ``generic``."""
     name = _hparams_backbone(hparams) or ""
     keys = [k[len("module."):] if k.startswith("module.") else k for k in sd]
+    keys = ["backbone." + k[len("encoder."):] if k.startswith("encoder.") else k for k in keys]  # legacy name
     if "MNCRL" in name.upper() or "method" in hparams and str(hparams["method"]).lower() == "mncrl":
         return "harl-official"
     if any(k.startswith("backbone.") for k in keys):

@@ -10,8 +10,8 @@
 - ``c5_stride1``: ``layer4`` rebuilt with stride 1 (``c5_dilate``: torchvision's dilation).
 
 ``format="timm"`` returns ``timm.create_model(name, num_classes=0)``; timm's ResNet key names equal
-torchvision's, widths map to timm's ``stem_width``/``channels``, the CIFAR stem is swapped in the same
-way; ``c5_stride1`` has no timm equivalent and is refused. timm backbones (any other name) are
+torchvision's and the CIFAR stem is swapped in the same way; ``width`` ≠ 64 (timm's plain stem is
+fixed at 64 channels) and ``c5_stride1`` have no timm equivalent and are refused. timm backbones (any other name) are
 rebuilt with ``timm.create_model`` and keep timm's names. ``format="harl"`` returns harl's own
 backbone (``forward_features`` gives the feature map).
 
@@ -99,16 +99,12 @@ def _timm_builder(weights: BackboneWeights) -> nn.Module:
     if a["c5_stride1"]:
         raise UnsupportedExport("c5_stride1 has no timm ResNet equivalent; use format='torchvision' or 'harl'")
     w = a["width"]
-    extra: Dict[str, Any] = {}
     if w != 64:
-        extra = {"stem_width": w, "channels": (w, 2 * w, 4 * w, 8 * w)}
-    try:
-        model = timm.create_model(weights.backbone, pretrained=False, num_classes=0, **extra)
-    except TypeError as err:  # older timm without ``channels``
-        raise UnsupportedExport(f"this timm version cannot build {weights.backbone} at width {w}: {err}") from err
+        # timm's ResNet fixes the plain 7×7 stem at 64 channels (only deep stems follow stem_width)
+        raise UnsupportedExport(f"width {w} has no timm ResNet equivalent (timm's plain stem is 64 wide); use "
+                                "format='torchvision' or 'harl'")
+    model = timm.create_model(weights.backbone, pretrained=False, num_classes=0)
     changes = ["num_classes=0"]
-    if w != 64:
-        changes.append(f"stem_width={w}, channels={extra['channels']}")
     if a["cifar_stem"]:
         model.conv1 = _cifar_stem(w)
         model.maxpool = nn.Identity()

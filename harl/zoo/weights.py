@@ -110,7 +110,7 @@ def cast_state_dict(sd: Mapping[str, torch.Tensor], dtype: Optional[str]) -> Dic
         v = v.detach().cpu()
         if dt is not None and v.is_floating_point():
             v = v.to(dt)
-        out[k] = v.contiguous().clone()
+        out[k] = v.contiguous()
     return out
 
 
@@ -121,7 +121,23 @@ def safetensors_bytes(weights: BackboneWeights, dtype: Optional[str] = None) -> 
             META_KWARGS: json.dumps(weights.kwargs, sort_keys=True)}
     if weights.source:
         meta[META_SOURCE] = os.path.basename(weights.source)
-    return save(cast_state_dict(weights.state_dict, dtype), metadata=meta)
+    return _canonical_header(save(cast_state_dict(weights.state_dict, dtype), metadata=meta))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header key-sorted, so equal weights give equal bytes.
+
+    (safetensors writes the metadata in hash-map order, which changes from run to run.) Layout:
+    8-byte little-endian header length, the JSON header padded with spaces to a multiple of 8, then
+    the tensor bytes, whose offsets are relative to the end of the header and so do not change.
+    """
+    import struct
+
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
 
 
 def save_safetensors(weights: BackboneWeights, path: str, dtype: Optional[str] = None) -> str:
@@ -171,7 +187,7 @@ def read_backbone_weights(path: str, backbone: Optional[str] = None,
             name = meta[META_BACKBONE]
             kwargs = {**meta_kwargs, **(kwargs or {})}
     model, info = load_pretrained_backbone(path, backbone_name=name, backbone_kwargs=kwargs)
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd = {k: v.detach() for k, v in model.state_dict().items()}  # the model is dropped: no copy needed
     config = None
     if info.get("config_source"):
         config = _plain(read_run_config(path))
