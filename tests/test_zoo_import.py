@@ -47,7 +47,7 @@ def mncrl_state(bb):
     c = bb.num_features
     sd = {f"backbone.{k}": v for k, v in bb.state_dict().items()}
     sd.update({"backbone.fc.weight": torch.randn(100, c), "backbone.fc.bias": torch.randn(100)})
-    sd.update({f"momentum_backbone.{k}": v.clone() for k, v in sd.items() if k.startswith("backbone.")})
+    sd.update({f"momentum_{k}": v.clone() for k, v in sd.items() if k.startswith("backbone.")})
     sd.update({"projector.1.weight": torch.randn(64, c), "projector.2.running_mean": torch.randn(64),
                "momentum_projector.1.weight": torch.randn(64, c), "predictor.0.weight": torch.randn(32, 32),
                "classifier.2.weight": torch.randn(100, c), "classifier.2.bias": torch.randn(100)})

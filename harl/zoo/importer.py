@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -96,8 +97,13 @@ class ImportReport:
             lines.append(f"  renamed: {a}* → {b}* ({n} keys)")
         for reason, keys in sorted(self.dropped.items()):
             shown = ", ".join(keys[:max_keys]) + (f", … (+{len(keys) - max_keys})" if len(keys) > max_keys else "")
-            lines.append(f"  dropped ({reason}): {len(keys)} keys: {shown}")
+            lines.append(f"  dropped ({reason}): {len(keys)} key{'s' if len(keys) != 1 else ''}: {shown}")
         return "\n".join(lines)
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return (text.splitlines() or [""])[0][:limit]
 
 
 def _load_raw(path: str, trust: bool) -> Any:
@@ -114,7 +120,7 @@ def _load_raw(path: str, trust: bool) -> Any:
             raise CheckpointMismatchError(
                 f"'{path}' holds pickled Python objects besides tensors (e.g. its hyper-parameters), and "
                 f"unpickling them can run code from the file; pass trust=True (CLI: --trust) if you trust "
-                f"its source ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+                f"its source ({type(err).__name__}: {_first_line(err)})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001
