@@ -84,6 +84,23 @@ def trainer_extra_kwargs(cfg: DictConfig) -> dict:
     return out
 
 
+class SkippedFilesReporter(Callback):
+    """With ``data.skip_corrupt``: logs how many unreadable files were skipped and names them once."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._reported = 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from harl.data import report_skipped
+
+        n = int(getattr(self.dataset, "num_skipped", 0))
+        pl_module.log("data_skipped_files", float(n))
+        if n > self._reported and trainer.is_global_zero:
+            report_skipped(self.dataset)
+            self._reported = n
+
+
 @dataclass
 class PretrainResult:
     run_dir: str
@@ -141,6 +158,8 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
                      frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.data.skip_corrupt:
+        cbs.append(SkippedFilesReporter(train_ds))
     extra = trainer_extra_kwargs(cfg)
     if extra.get("enable_progress_bar", True):
         cbs.append(TQDMProgressBar(refresh_rate=max(1, int(extra.pop("progress_bar_refresh_rate", 1) or 1))))

@@ -114,3 +114,40 @@ def test_mask_method_without_masks_is_a_clear_error(scenes_root, tmp_path):
     cfg["data"]["masks"] = {"enabled": False}
     with pytest.raises(ConfigError, match="needs masks"):
         pretrain(cfg)
+
+
+def _custom_folder(root, n=18, corrupt=1):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = os.path.join(root, f"class{i % 2}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(os.path.join(d, f"{i}.png"))
+    for i in range(corrupt):
+        with open(os.path.join(root, "class0", f"broken{i}.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a truncated PNG
+    return root
+
+
+def test_corrupt_image_fails_clearly_or_is_counted_when_asked(tmp_path):
+    folder = _custom_folder(str(tmp_path / "imgs"))
+    cfg = scenes_cfg("byol", folder, str(tmp_path / "ck"), max_epochs=1)
+    cfg["data"].update({"dataset": "custom", "val_path": None})
+    with pytest.raises(Exception, match="broken0.png"):
+        pretrain(cfg)
+    cfg["data"]["skip_corrupt"] = True
+    with pytest.warns(UserWarning, match="broken0.png"):
+        res = pretrain(cfg)
+    rows = _read_metrics(res.run_dir)
+    assert [float(r["data_skipped_files"]) for r in rows if r.get("data_skipped_files")] == [1.0]
+
+
+def test_empty_data_directory_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = scenes_cfg("byol", str(empty), str(tmp_path / "ck"), max_epochs=1)
+    cfg["data"].update({"dataset": "custom", "val_path": None})
+    with pytest.raises(Exception, match=str(empty)):
+        pretrain(cfg)
