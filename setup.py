@@ -40,6 +40,9 @@ setup(
             "harl-linear=harl.cli.linear:main",
             "harl-masks=harl.cli.masks:main",
             "harl-scenes=harl.cli.scenes:main",
+            "harl-finetune=harl.cli.finetune:main",
+            "harl-transfer=harl.cli.transfer:main",
+            "harl-report=harl.cli.report:main",
             "harl-zoo=harl.cli.zoo:main",
         ]
     },
