@@ -12,7 +12,7 @@ Files kept in the repository make the hub work offline. ``$HARL_ZOO_MANIFEST`` s
 manifest, ``$HARL_CACHE`` the download cache.
 """
 
-dependencies = ["torch", "torchvision", "safetensors", "yaml"]
+dependencies = ["torch", "torchvision", "lightning", "omegaconf", "safetensors", "yaml", "tqdm"]
 
 
 def harl_resnet18_fashion_scenes(pretrained=True, format=None, progress=True, **kwargs):

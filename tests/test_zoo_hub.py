@@ -99,8 +99,9 @@ def test_hub_load_local(env):
 
     assert type(model) is torchvision.models.ResNet
     assert torch.equal(features(model, X), features(env["bb"], X))
-    timm_model = torch.hub.load(repo_root(), NAME, source="local", format="harl", verbose=False)
-    assert torch.equal(features(timm_model, X), features(env["bb"], X))
+    harl_model = torch.hub.load(repo_root(), NAME, source="local", format="harl", verbose=False)
+    assert type(harl_model).__name__ == "SSLResNet"
+    assert torch.equal(features(harl_model, X), features(env["bb"], X))
 
 
 def test_hub_lists_every_manifest_entry(env):

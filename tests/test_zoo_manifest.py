@@ -74,6 +74,7 @@ def test_defaults_and_optional_fields():
 @pytest.mark.parametrize("change,match", [
     (lambda e: e.update(licence="MIT"), "unknown key 'licence' .*did you mean 'license'"),
     (lambda e: e.pop("sha256"), "missing required key 'sha256'"),
+    (lambda e: e.update(license=None), "missing required key 'license'"),
     (lambda e: e.update(sha256="AB" * 32), "64 lowercase hex"),
     (lambda e: e.update(name="harl-r18"), "Python identifier"),
     (lambda e: e.update(epochs=-1), "'epochs' must be an integer"),

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds per network operation")
 
-    s = sub.add_parser("verify", parents=[common], help="check the manifest, the README and the sha256 of every file on disk")
+    s = sub.add_parser("verify", parents=[common],
+                       help="check the manifest, the README and the sha256 of every file on disk")
     s.add_argument("names", nargs="*", help="entries to check (default: all)")
     s.add_argument("--cache-dir", default=None)
 
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone-kwargs", type=_json_arg, default=None, help="JSON, e.g. '{\"cifar_stem\": true}'")
     s.add_argument("--cache-dir", default=None)
 
-    s = sub.add_parser("import", parents=[common], help="convert a solo-learn / official HARL / generic checkpoint (strict)")
+    s = sub.add_parser("import", parents=[common],
+                       help="convert a solo-learn / official HARL / generic checkpoint (strict)")
     s.add_argument("source", metavar="PATH")
     s.add_argument("--from", dest="flavour", default="auto",
                    choices=["auto", "solo-learn", "harl-official", "generic"])

@@ -70,7 +70,10 @@ def _write_plain(fmt: str):
 
 
 def detectron2_key(key: str) -> str:
-    """torchvision ResNet key → detectron2 ResNet key (e.g. ``layer1.0.bn1.weight`` → ``res2.0.conv1.norm.weight``)."""
+    """torchvision ResNet key → detectron2 ResNet key.
+
+    E.g. ``layer1.0.bn1.weight`` → ``res2.0.conv1.norm.weight``.
+    """
     parts = key.split(".")
     if parts[0].startswith("layer") and parts[0][5:].isdigit():
         parts[0] = f"res{int(parts[0][5:]) + 1}"

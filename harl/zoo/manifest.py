@@ -213,7 +213,7 @@ def _check_entry(raw: Any, index: int, path: str) -> Dict[str, Any]:
         where = f"{path}: entry '{name}'"
     _check_keys(raw, list(ENTRY_KEYS), where)
     for key, required in ENTRY_KEYS.items():
-        if required and key not in raw:
+        if required and raw.get(key) is None:
             raise _err(where, f"missing required key '{key}'")
 
     def want(key: str, types, what: str) -> None:

@@ -20,7 +20,7 @@ All loads are strict: any missing, unexpected or mis-shaped key raises ``Checkpo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 import torch
 from torch import nn
