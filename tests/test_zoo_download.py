@@ -289,3 +289,28 @@ def test_cli_download_and_offline_error(server, tmp_path, monkeypatch, capsys):
         f.write(b"\x00\x00\x00")
     assert main(["verify", "tiny", "--cache-dir", cache]) == 1
     assert "CORRUPT  tiny [cache]" in capsys.readouterr().out
+
+
+def test_wrong_content_range_restarts_without_range(server, tmp_path):
+    class Liar(_Handler):
+        def do_GET(self):  # noqa: N802 - answers any Range with bytes from 0
+            if self.headers.get("Range"):
+                self.server.requests.append((self.path, self.headers.get("Range")))
+                body = PAYLOAD
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+                return
+            super().do_GET()
+
+    server.RequestHandlerClass = Liar
+    dest = str(tmp_path / "f.bin")
+    with open(dest + ".part", "wb") as f:
+        f.write(PAYLOAD[:777])
+    download_file([server.url("good.bin")], dest, SHA, len(PAYLOAD), progress=False)
+    assert verify_file(dest, SHA, len(PAYLOAD)) is None
+    assert server.requests == [("/good.bin", "bytes=777-"), ("/good.bin", None)]

@@ -177,7 +177,11 @@ def test_add_hosted_and_force_replace(tmp_path):
                    force=True)
     m = load_manifest(str(manifest))
     assert m.names == ["hosted"] and m.get("hosted").file == "weights/hosted.safetensors"
-    assert m.get("hosted").metrics["linear_top1"] == 3.0 and e2.sha256 == e.sha256
+    assert m.get("hosted").metrics["linear_top1"] == 3.0 and e2.sha256 == e.sha256  # same weights, same bytes
+    add_entry(ckpt, "hosted", {"linear_top1": 3.0, "knn_top1": 4.0}, "MIT", manifest_path=str(manifest),
+              force=True, local=False, urls=["https://example.org/h.safetensors"], staging_dir=str(tmp_path / "up"))
+    assert not (tmp_path / "weights" / "hosted.safetensors").exists()  # unreferenced file removed
+    assert load_manifest(str(manifest)).get("hosted").file is None
 
 
 def test_cli_export_by_name_and_list(env, tmp_path, capsys):

@@ -111,10 +111,14 @@ def add_entry(checkpoint: str, name: str, metrics: Mapping[str, Any], license: s
         format="safetensors", dtype=DTYPE, file=rel if local else None, urls=list(urls),
         hardware=dict(hardware) if hardware else None, notes=notes,
         created=datetime.date.today().isoformat(), root=manifest.root)
+    old = next((e for e in manifest.entries if e.name == name), None)
     entries = [e for e in manifest.entries if e.name != name]
     position = next((i for i, e in enumerate(manifest.entries) if e.name == name), len(entries))
     entries.insert(position, entry)
     manifest.entries = entries
     save_manifest(manifest)
     write_readme(manifest)
+    if old is not None and old.local_path and old.local_path not in {e.local_path for e in entries} \
+            and os.path.isfile(old.local_path):
+        os.remove(old.local_path)  # the replaced entry's in-repository file is no longer referenced
     return entry

@@ -142,9 +142,9 @@ def _fetch(url: str, part: str, size: Optional[int], progress: bool, timeout: fl
     with resp:
         status = getattr(resp, "status", None) or getattr(resp, "code", None)
         if have and status == 206:
-            content_range = resp.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {have}-"):
-                have = 0  # the server sent another range than asked: start over
+            if not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                os.remove(part)  # another range than asked for: start over without Range
+                raise _TransferError("server answered with another byte range", resumable=True)
         elif have:
             have = 0  # the server ignored Range (200, file://): it sends the whole file
         if have == 0 and os.path.exists(part):
