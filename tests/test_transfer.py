@@ -192,11 +192,13 @@ def test_transfer_cli(tmp_path, capsys):
 
     data = write_image_folder(str(tmp_path / "data"), n_train=6, n_val=3)
     _, ckpt = fake_pretrain_run(str(tmp_path))
-    rc = main(["--pretrained", ckpt, "--train", f"{data}/train", "--test", f"{data}/val", "--crop-size", "32",
-               "--penalties", "0.01,1", "--out", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "tm"),
-               "--num-workers", "0", "--device", "cpu", "--no-progress"])
+    rc = main(["--pretrained", ckpt, "--train", f"{data}/train", "--test", f"{data}/val", "--crop-size", "40",
+               "--resize", "--penalties", "0.01,1", "--out", str(tmp_path / "out"), "--checkpoint-dir",
+               str(tmp_path / "tm"), "--num-workers", "0", "--device", "cpu", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert "test top-1" in capsys.readouterr().out
-    assert os.path.isfile(tmp_path / "out" / "results.json")
+    res = json.load(open(tmp_path / "out" / "results.json"))
+    assert res["crop_size"] == 40 and json.load(open(tmp_path / "out" / "args.json"))["resize"] is True
+    assert [r["penalty"] for r in res["search"]] == [0.01, 1.0]
     rc = main(["--pretrained", str(tmp_path / "missing.ckpt"), "--train", f"{data}/train", "--test", f"{data}/val"])
     assert rc == 2 and "missing.ckpt" in capsys.readouterr().err

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of train when --val is absent")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--crop-size", type=int, help="evaluation crop (default: the pretraining's)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize every image to crop-size × crop-size instead of the dataset's evaluation geometry "
+                        "(e.g. CIFAR to 224 px for an ImageNet model)")
     p.add_argument("--highpass", choices=["auto", "on", "off"], default="auto",
                    help="high-pass inputs (auto: as the pretraining did)")
     p.add_argument("--metric", choices=["top1", "mean_per_class"], default="top1",
@@ -74,7 +77,7 @@ def _transfer(argv) -> None:
     except ValueError as err:
         parser.error(f"bad --penalties / --backbone-kwargs: {err}")
     res = run_transfer(a.pretrained, a.train, a.test, a.val, dataset=a.dataset, name=a.name,
-                       val_fraction=a.val_fraction, split_seed=a.split_seed, crop_size=a.crop_size,
+                       val_fraction=a.val_fraction, split_seed=a.split_seed, crop_size=a.crop_size, resize=a.resize,
                        backbone_name=a.backbone, backbone_kwargs=kwargs, random_init=a.random_init, seed=a.seed,
                        eval_highpass={"auto": None, "on": True, "off": False}[a.highpass], penalties=penalties,
                        metric=a.metric, max_iter=a.max_iter, out_dir=a.out, checkpoint_dir=a.checkpoint_dir,

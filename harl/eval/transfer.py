@@ -301,7 +301,7 @@ def _features(backbone, info, dataset, *, split_name: str, data_path: str, cache
 
 def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val_path: Optional[str] = None, *,
                  dataset: str = "custom", name: Optional[str] = None, val_fraction: float = 0.1, split_seed: int = 0,
-                 crop_size: Optional[int] = None, mean: Optional[Sequence[float]] = None,
+                 crop_size: Optional[int] = None, resize: bool = False, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, backbone_name: Optional[str] = None,
                  backbone_kwargs: Optional[dict] = None, random_init: bool = False, seed: int = 5,
                  eval_highpass: Optional[bool] = None, penalties: Sequence[float] = DEFAULT_PENALTIES,
@@ -317,7 +317,8 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     torchvision / IDX files, ``test_path`` read as their test split). Without ``val_path`` a
     class-stratified ``val_fraction`` of train is held out (seeded; the list is saved). Images get
     the dataset's deterministic evaluation transform at ``crop_size`` (default: the pretraining's
-    crop) with the pretraining's normalisation; features come from the frozen backbone, cached in
+    crop; ``resize=True``: every image resized to crop × crop instead, e.g. CIFAR's 32 px images to
+    224 for an ImageNet model) with the pretraining's normalisation; features come from the frozen backbone, cached in
     ``cache_dir`` (default ``<checkpoint_dir>/feature_cache``) and reused on later runs.
 
     Writes ``results.json`` (``mode: transfer_linear``, ``top1``, ``mean_per_class``, ``penalty``,
@@ -325,7 +326,7 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     and returns the same dict.
     """
     from harl.checkpoint import atomic_write_text
-    from harl.data import build_classification_dataset, build_eval_transform, dataset_stats
+    from harl.data import build_classification_dataset, dataset_stats
     from harl.eval.finetune import _pretrain_facts, resolve_device
     from harl.eval.pretrained import load_pretrained_backbone
     from harl.eval.subsets import holdout_split, write_subset_list
@@ -349,8 +350,13 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
         in_tf = HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 
     def ds(path, split):
-        return build_classification_dataset(dataset, path, split, crop, mean, std, train_augment=False,
-                                            skip_corrupt=skip_corrupt)
+        d = build_classification_dataset(dataset, path, split, crop, mean, std, train_augment=False,
+                                         skip_corrupt=skip_corrupt)
+        if resize:
+            from harl.data import EvalGeometry, EvalTransform
+
+            d.transform = EvalTransform(EvalGeometry(resize=(crop, crop)), mean, std)
+        return d
 
     train_ds, test_ds = ds(train_path, "train"), ds(test_path, "val")
     val_ds = ds(val_path, "val") if val_path else None
@@ -366,7 +372,7 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
             "backbone": info.get("backbone_name"), "train": os.path.abspath(train_path),
             "val": os.path.abspath(val_path) if val_path else None, "test": os.path.abspath(test_path),
             "dataset": dataset, "val_fraction": None if val_path else val_fraction, "split_seed": split_seed,
-            "crop": crop, "mean": mean, "std": std, "highpass": in_tf is not None,
+            "crop": crop, "resize": bool(resize), "mean": mean, "std": std, "highpass": in_tf is not None,
             "penalties": [float(p) for p in penalties], "metric": metric, "max_iter": max_iter, "tol": tol}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
     out_dir = os.path.abspath(out_dir or os.path.join(checkpoint_dir, "transfer", f"{label}-{digest}"))
