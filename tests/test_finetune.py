@@ -366,3 +366,11 @@ def test_finetune_cli_accepts_checkpoint_names_with_equals_signs(tmp_path, capsy
     assert os.path.isfile(tmp_path / "out" / "results.json")
     rc = main([str(cfg), "subset.per_clas=3"])
     assert rc == 2 and "per_clas" in capsys.readouterr().err
+
+
+def test_val_classes_must_match_train_classes(tmp_path):
+    data = write_image_folder(str(tmp_path / "data"), n_train=4, n_val=1)
+    _, ckpt = fake_pretrain_run(str(tmp_path))
+    os.rename(os.path.join(data, "val", "c1"), os.path.join(data, "val", "c7"))
+    with pytest.raises(ConfigError, match=r"only in train \['c1'\], only in val \['c7'\]"):
+        run_finetune(_cfg(ckpt, data, **{"checkpoint.run_dir": str(tmp_path / "out")}))

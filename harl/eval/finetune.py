@@ -563,6 +563,11 @@ class FinetuneRunner:
         val_ds = build_classification_dataset(d.dataset, d.val_path, "val", crop, mean, std, train_augment=False,
                                               skip_corrupt=d.skip_corrupt, download=d.download)
         eval_tf = build_eval_transform(d.dataset, crop, mean, std)
+        if train_ds.classes and val_ds.classes and list(train_ds.classes) != list(val_ds.classes):
+            only_t = sorted(set(train_ds.classes) - set(val_ds.classes))[:5]
+            only_v = sorted(set(val_ds.classes) - set(train_ds.classes))[:5]
+            raise ConfigError(f"the classes of data.val_path '{d.val_path}' differ from those of data.train_path "
+                              f"'{d.train_path}' (labels would not match): only in train {only_t}, only in val {only_v}")
         spec = DATASETS.get(d.dataset)
         num_classes = d.num_classes or spec.num_classes or len(train_ds.classes) or int(train_ds.targets.max()) + 1
         num_classes = int(num_classes)
