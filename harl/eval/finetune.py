@@ -200,7 +200,8 @@ def validate_finetune_cfg(cfg: Any) -> DictConfig:
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """8 hex digits identifying what a fine-tuning config computes (see :data:`_DIGEST_IGNORED`)."""
+    """8 hex digits identifying what a fine-tuning config computes (see :data:`_DIGEST_IGNORED`;
+    the checkpoint counts by its path and its content's sha256)."""
     d = OmegaConf.to_container(cfg, resolve=True)
     for key in _DIGEST_IGNORED:
         parts = key.split(".")
@@ -209,7 +210,11 @@ def config_digest(cfg: DictConfig) -> str:
             node = node.get(p, {})
         node.pop(parts[-1], None)
     if d.get("pretrained_feature_extractor"):
-        d["pretrained_feature_extractor"] = os.path.abspath(str(d["pretrained_feature_extractor"]))
+        from harl.eval.pretrained import file_sha256
+
+        path = os.path.abspath(str(d["pretrained_feature_extractor"]))
+        d["pretrained_feature_extractor"] = path
+        d["pretrained_sha256"] = file_sha256(path)  # a checkpoint rewritten in place gets a new folder
     if d["subset"].get("file"):
         d["subset"]["file"] = os.path.abspath(str(d["subset"]["file"]))
     blob = json.dumps(d, sort_keys=True, default=str)
