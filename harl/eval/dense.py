@@ -151,7 +151,8 @@ class DenseTask:
 @EVAL_MODES.register("dense")
 def run_dense(ctx: EvalContext) -> Dict[str, Any]:
     """Mode ``dense``: ``{miou, iou_fg, iou_bg, pixel_acc, best_miou, best_epoch, epochs, history, ...}``."""
-    from harl.eval.linear import ProbeModule, _loader, cached_tensors, fit_probe, optimizer_cfg, scheduler_cfg, summarize_history
+    from harl.eval.linear import (ProbeModule, _loader, cached_tensors, fit_probe, optimizer_cfg, scheduler_cfg,
+                                  seed_head, summarize_history)
 
     cfg = ctx.cfg
     if not hasattr(ctx.backbone, "forward_features"):
@@ -164,6 +165,7 @@ def run_dense(ctx: EvalContext) -> Dict[str, Any]:
         train_ds, val_ds = build_datasets(ctx, train_augment=False, with_masks=True)
         mtr, ttr, ktr = cached_tensors(ctx, train_ds, "train", kind="maps")
         mva, tva, kva = cached_tensors(ctx, val_ds, "val", kind="maps")
+        seed_head(cfg)
         module = ProbeModule(task, mtr.shape[1], None, **common)
         train_loader = _loader(TensorDataset(mtr, ttr, ktr), cfg, shuffle=True, workers=0)
         val_loader = _loader(TensorDataset(mva, tva, kva), cfg, shuffle=False, workers=0)
@@ -171,6 +173,7 @@ def run_dense(ctx: EvalContext) -> Dict[str, Any]:
         n_train, n_val, map_shape = len(ttr), len(tva), list(mtr.shape[1:])
     else:
         train_ds, val_ds = build_datasets(ctx, train_augment=True, with_masks=True)
+        seed_head(cfg)
         module = ProbeModule(task, int(ctx.backbone.num_features), ctx.backbone,
                              input_transform=ctx.input_transform, **common)
         drop_last = bool(cfg.finetune) and len(train_ds) > int(cfg.optimizer.batch_size)

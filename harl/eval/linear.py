@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import warnings
 from typing import Any, Dict, List, Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from harl.eval.runner import EVAL_MODES, EvalContext, build_datasets, cache_path_for, evaluate
 
@@ -118,9 +120,9 @@ class ProbeModule(pl.LightningModule):
         self._val: Optional[torch.Tensor] = None
         if hparams:
             self.save_hyperparameters({"cfg": hparams})
-        if backbone is not None and not self.finetune:
-            backbone.requires_grad_(False)
-            backbone.eval()
+        if backbone is not None:
+            backbone.requires_grad_(self.finetune)
+            backbone.train(self.finetune)
 
     # -- modes -----------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -128,6 +130,12 @@ class ProbeModule(pl.LightningModule):
         if self.backbone is not None and not self.finetune:
             self.backbone.eval()  # frozen: BatchNorm keeps its pretrained statistics
         return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps submodules in the mode they had; make the backbone's explicit every epoch
+        self.head.train()
+        if self.backbone is not None:
+            self.backbone.train(self.finetune)
 
     def on_fit_start(self) -> None:
         if self.channels_last:
@@ -260,6 +268,8 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
     from harl.train import EpochSeeder, resolve_accelerator
 
     cfg = ctx.cfg
+    if isinstance(getattr(train_loader, "sampler", None), EpochSampler):
+        train_loader.sampler.attach(module)
     _keep_previous_metrics(ctx.run_dir, ctx.resume_ckpt)
     loggers: List[Any] = [CSVLogger(save_dir=ctx.run_dir, name="", version="")]
     if cfg.wandb.enabled:
@@ -331,10 +341,66 @@ def summarize_history(history: List[Dict[str, Any]], primary: str, keys: Dict[st
 # ---------------------------------------------------------------------------------------------
 
 
+class EpochSampler(Sampler):
+    """Shuffled indices whose order depends only on (seed, epoch); yields ``(index, epoch)``.
+
+    The epoch is read from the attached module's trainer when the iterator is created, so a run
+    resumed at epoch e sees exactly the order (and, through :class:`SeededItems`, the augmentations)
+    of an uninterrupted run, whatever RNG draws happened before (Lightning creates the first
+    iterator of a resumed run before any epoch hook runs).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = int(n), int(seed)
+        self.module: Optional[pl.LightningModule] = None
+
+    def attach(self, module: pl.LightningModule) -> None:
+        self.module = module
+
+    def epoch(self) -> int:
+        trainer = getattr(self.module, "_trainer", None) if self.module is not None else None
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def __iter__(self):
+        epoch = self.epoch()
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 1009) % (2**63 - 1))
+        return iter([(int(i), epoch) for i in torch.randperm(self.n, generator=g)])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset: item ``(i, epoch)`` seeds torch / numpy / python ``random`` from (seed, epoch, i)
+    and returns ``dataset[i]``, so random augmentations depend on nothing else (workers, resume)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            i, epoch = key
+            s = (self.seed * 1_000_003 + int(epoch) * 100_003 + int(i)) % (2**31 - 1)
+            torch.manual_seed(s)
+            np.random.seed(s)
+            random.seed(s)
+            return self.dataset[int(i)]
+        return self.dataset[key]
+
+
 def _loader(ds, cfg: DictConfig, shuffle: bool, drop_last: bool = False, workers: Optional[int] = None) -> DataLoader:
+    """Train loaders (``shuffle``) use :class:`EpochSampler` + :class:`SeededItems`; val loaders are sequential."""
     workers = int(cfg.data.num_workers) if workers is None else workers
-    return DataLoader(ds, batch_size=int(cfg.optimizer.batch_size), shuffle=shuffle, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=drop_last, persistent_workers=False)
+    sampler = None
+    if shuffle:
+        sampler = EpochSampler(len(ds), int(cfg.seed))
+        ds = SeededItems(ds, int(cfg.seed))
+    return DataLoader(ds, batch_size=int(cfg.optimizer.batch_size), shuffle=False, sampler=sampler,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                      persistent_workers=False)
 
 
 def cached_tensors(ctx: EvalContext, dataset, split: str, kind: str = "pooled"):
@@ -351,8 +417,15 @@ def cached_tensors(ctx: EvalContext, dataset, split: str, kind: str = "pooled"):
     return out[0], out[1]
 
 
+def seed_head(cfg: DictConfig) -> None:
+    """Seed the global RNG right before a head is created: its initialisation then does not depend
+    on how much randomness earlier steps consumed (e.g. a feature-cache hit vs. an extraction)."""
+    torch.manual_seed(int(cfg.seed))
+
+
 def _linear_module(ctx: EvalContext, num_features: int, backbone: Optional[nn.Module]) -> ProbeModule:
     cfg = ctx.cfg
+    seed_head(cfg)
     task = ClassificationTask(int(cfg.data.num_classes), float(cfg.label_smoothing))
     return ProbeModule(task, num_features, backbone, finetune=bool(cfg.finetune), optimizer=optimizer_cfg(cfg),
                        scheduler=scheduler_cfg(cfg), max_epochs=int(cfg.max_epochs),
