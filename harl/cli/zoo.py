@@ -209,7 +209,7 @@ def cmd_import(args) -> int:
     print(report.to_text())
     res = export_weights(weights, args.format, args.out, args.dtype)
     if args.report:
-        from harl.checkpoint import atomic_write_text
+        from harl.utils.io import atomic_write_text
 
         atomic_write_text(args.report, json.dumps(report.to_dict(), indent=2))
     _print_result(res)

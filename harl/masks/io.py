@@ -23,11 +23,12 @@ from __future__ import annotations
 import io
 import os
 import re
-import secrets
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from harl.utils.io import atomic_write_bytes, tmp_path
 
 # the same list as harl.data.image_io.IMG_EXTENSIONS (torchvision ImageFolder); kept here so that
 # importing this module does not import the data pipeline (checked by a test)
@@ -226,9 +227,7 @@ def find_mask_file(masks_root: str, relpath: str, extensions: Sequence[str] = MA
 # ---------------------------------------------------------------------------------------------
 
 
-def tmp_path_for(path: str) -> str:
-    """A unique temporary name next to ``path`` (``<path>.tmp-<pid>-<hex>``, the project's pattern)."""
-    return f"{path}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+tmp_path_for = tmp_path  # the project's temporary-name pattern <path>.tmp-<pid>-<hex>
 
 
 def is_tmp_name(name: str) -> bool:
@@ -246,25 +245,10 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
 
 
 def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it into place.
-
-    A kill leaves either the old file or the new one, never a partial file under ``path``
-    (a stale ``*.tmp-*`` may remain; the runner removes those of its own shard on restart).
-    ``fsync`` is off by default for masks (millions of small files; a rerun regenerates any
-    file lost to a power failure).
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """:func:`harl.utils.io.atomic_write_bytes` without fsync by default (millions of small mask
+    files; a rerun regenerates any file lost to a power failure). A stale ``*.tmp-*`` may remain
+    after a kill; the runner removes those of its own shard on restart."""
+    atomic_write_bytes(path, data, fsync=fsync)
 
 
 def write_mask_png(path: str, mask: np.ndarray) -> None:
@@ -273,4 +257,4 @@ def write_mask_png(path: str, mask: np.ndarray) -> None:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"), fsync=True)
+    atomic_write_bytes(path, text.encode("utf-8"))

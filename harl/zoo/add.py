@@ -96,7 +96,7 @@ def add_entry(checkpoint: str, name: str, metrics: Mapping[str, Any], license: s
         out = os.path.join(manifest.root, rel)
     else:
         out = os.path.join(staging_dir or os.getcwd(), f"{name}.safetensors")
-    from harl.checkpoint import atomic_write_bytes
+    from harl.utils.io import atomic_write_bytes
 
     atomic_write_bytes(out, data)
     check = read_backbone_weights(out)  # the written file reads back as the same architecture

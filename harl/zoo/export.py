@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from harl.checkpoint import atomic_torch_save, atomic_write_bytes
+from harl.utils.io import atomic_torch_save, atomic_write_bytes
 from harl.registry import Registry
 from harl.zoo.models import UnsupportedExport, build_model
 from harl.zoo.weights import BackboneWeights, cast_state_dict, safetensors_bytes

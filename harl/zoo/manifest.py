@@ -323,7 +323,7 @@ def dump_manifest(manifest: Manifest) -> str:
 
 def save_manifest(manifest: Manifest) -> None:
     """Validate, then write the manifest atomically."""
-    from harl.checkpoint import atomic_write_text
+    from harl.utils.io import atomic_write_text
 
     text = dump_manifest(manifest)
     manifest_from_dict(manifest.to_dict(), manifest.path)  # never write an invalid manifest

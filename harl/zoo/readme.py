@@ -101,7 +101,7 @@ def render_readme(manifest: Manifest) -> str:
 
 def write_readme(manifest: Manifest) -> str:
     """Regenerate the README beside ``manifest`` atomically; returns its path."""
-    from harl.checkpoint import atomic_write_text
+    from harl.utils.io import atomic_write_text
 
     path = readme_path(manifest)
     atomic_write_text(path, render_readme(manifest))

@@ -1,0 +1,47 @@
+"""Atomic file writes (temporary name in the same folder, fsync, ``os.replace``); no heavy imports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+
+def tmp_path(path: str) -> str:
+    """A unique temporary name beside ``path`` (same filesystem, so the rename is atomic)."""
+    return f"{path}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def atomic_write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` under a temporary name beside ``path``, then rename it into place: a kill leaves
+    the old file or the new one, never a partial file. ``fsync=False`` for many small, regenerable
+    files (masks)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    import torch
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
