@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Linear evaluation of a BYOL checkpoint on ImageNet-100. Extra arguments are Hydra overrides, e.g.
+#   bash scripts/linear/imagenet-100/byol.sh pretrained_feature_extractor=trained_models/byol/<version>/<file>.ckpt
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/../../_harl.sh"
+harl_cli harl-linear --config-path "$HERE" --config-name byol.yaml "$@"
