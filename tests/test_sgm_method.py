@@ -186,11 +186,17 @@ def test_mocov2_hard_negatives_in_logits_and_not_enqueued(num_hard):
 
 
 def test_mocov2_without_hard_negatives_is_masked_mocov2plus():
-    model = build("sgm_mocov2", num_hard_negatives=0)
-    losses = []
+    cfg = parse_cfg({**sgm_raw_cfg("sgm_mocov2", num_hard_negatives=0), "momentum": {"classifier": True}})
+    torch.manual_seed(0)
+    model = METHODS.get("sgm_mocov2")(cfg)
+    losses, mom = [], []
     capture(model, "sgm_loss", losses)
+    capture(model, "_momentum_classifier_loss", mom)
     queue0 = model.queue.clone()
-    model.training_step(make_batch(2), 0)
+    total = model.training_step(make_batch(2), 0)
+    (feats, targets), _, mom_loss = mom[0]
+    assert len(feats) == 2 and torch.isfinite(mom_loss)
+    assert float(total.detach()) > float(losses[0][2].detach())  # classifier CE terms included
     (z, k, t), _, nce = losses[0]
     assert t == [None, None]
     want = 0.5 * (_naive_moco_loss(z[0].detach(), k[1], queue0[1], None, 2.0, 0.2)
@@ -530,3 +536,28 @@ def test_pretrain_writes_run_and_records_the_filter(method, saliency, strategy, 
     assert any(r.get("train_sgm_hard_cos_step") for r in rows)
     fresh = build_backbone("resnet18", width=8, cifar_stem=True)
     load_backbone(ckpt_path, fresh)  # strict: backbone.* only, no saliency net
+
+
+# ------------------------------------------------------------------------------ recipes
+
+
+def test_recipes_validate_and_build(tmp_path):
+    from harl.config import load_yaml
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "pretrain")
+    paths = sorted(glob.glob(os.path.join(root, "*", "sgm_*.yaml")))
+    assert len(paths) == 6
+    for path in paths:
+        cfg = parse_cfg(load_yaml(path))
+        assert cfg.method in ("sgm_mocov2", "sgm_simclr") and cfg.num_large_crops == 2, path
+        assert os.path.isfile(path[:-len(".yaml")] + ".sh"), path
+        kw = cfg.method_kwargs
+        if kw.sgm_saliency == "heuristic_mask":
+            assert cfg.data.masks.enabled and cfg.data.masks.min_fg_frac is None, path
+        if "imagenet-100" in path:
+            assert kw.sgm_saliency == "supervised_r50" and cfg.backbone.name == "resnet50"
+            with pytest.raises(FileNotFoundError, match="sgm_saliency_weights"):
+                METHODS.get(cfg.method)(cfg)  # the weights file is the user's
+        elif "fashion-scenes" in path:
+            model = METHODS.get(cfg.method)(cfg)
+            assert model.mask_cfg.grid_size == 8 and model.sgm_strategy == "hp"
