@@ -319,7 +319,8 @@ def discover(paths: Iterable[str]) -> Tuple[List[PretrainRun], List[Result], Lis
         if not os.path.exists(root):
             raise FileNotFoundError(f"run folder '{root}' does not exist")
         if os.path.isfile(root):
-            read_results_file(root, None)
+            if root.endswith(".json"):  # other files (e.g. a shell glob over feature caches) are not results
+                read_results_file(root, None)
             continue
         for dirpath, files in _walk(root):
             args = read_json(os.path.join(dirpath, "args.json")) if "args.json" in files else None
