@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Pretrain hapicl_byol (HAPiCL, BYOL instance loss) on fashion-scenes. Extra arguments are Hydra overrides, e.g.
+#   bash scripts/pretrain/fashion-scenes/hapicl_byol.sh max_epochs=5 accelerator=cpu
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/../../_harl.sh"
+harl_cli harl-pretrain --config-path "$HERE" --config-name hapicl_byol.yaml "$@"
