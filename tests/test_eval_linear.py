@@ -177,6 +177,11 @@ def test_cached_probe_resumes_to_the_same_result(colours, tmp_path, monkeypatch)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert os.path.isfile(os.path.join(run_dirs[0], "metrics.before-resume-1.csv"))
+    # evaluating the finished run again reports the same results without retraining or touching its logs
+    log = open(os.path.join(run_dirs[0], "metrics.csv")).read()
+    again = linear_probe(None, **kw, **_toy(colours, tmp_path / "b", overrides=over))
+    assert again["run_dir"] == run_dirs[0] and again["metrics"]["history"] == full["metrics"]["history"]
+    assert open(os.path.join(run_dirs[0], "metrics.csv")).read() == log
 
 
 def test_random_init_baseline_is_reported(tiny_ckpt, scenes_root, tmp_path):

@@ -167,7 +167,7 @@ def run_dense(ctx: EvalContext) -> Dict[str, Any]:
         mva, tva, kva = cached_tensors(ctx, val_ds, "val", kind="maps")
         seed_head(cfg)
         module = ProbeModule(task, mtr.shape[1], None, **common)
-        train_loader = _loader(TensorDataset(mtr, ttr, ktr), cfg, shuffle=True, workers=0)
+        train_loader = _loader(TensorDataset(mtr, ttr, ktr), cfg, shuffle=True, workers=0, random_items=False)
         val_loader = _loader(TensorDataset(mva, tva, kva), cfg, shuffle=False, workers=0)
         fit_probe(ctx, module, train_loader, val_loader, per_epoch_bar=True)
         n_train, n_val, map_shape = len(ttr), len(tva), list(mtr.shape[1:])

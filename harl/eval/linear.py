@@ -268,6 +268,8 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
     from harl.train import EpochSeeder, resolve_accelerator
 
     cfg = ctx.cfg
+    if ctx.resume_ckpt and _finished(ctx.resume_ckpt, module, int(cfg.max_epochs)):
+        return module
     if isinstance(getattr(train_loader, "sampler", None), EpochSampler):
         train_loader.sampler.attach(module)
     _keep_previous_metrics(ctx.run_dir, ctx.resume_ckpt)
@@ -293,7 +295,13 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
         if show:
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, int(extra.pop("progress_bar_refresh_rate", 1) or 1))))
         extra["enable_progress_bar"] = show
-    extra.setdefault("log_every_n_steps", max(1, min(50, len(train_loader))))
+    steps = len(train_loader)
+    limit = extra.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        steps = min(steps, limit)
+    elif isinstance(limit, float):
+        steps = int(math.ceil(steps * limit))
+    extra.setdefault("log_every_n_steps", max(1, min(50, steps)))
     extra.setdefault("enable_model_summary", False)
     acc = resolve_accelerator(cfg)
     with warnings.catch_warnings():
@@ -308,6 +316,17 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
                           default_root_dir=ctx.run_dir, **acc, **extra)
         trainer.fit(module, train_loader, val_loader, ckpt_path=ctx.resume_ckpt)
     return module
+
+
+def _finished(ckpt_path: str, module: ProbeModule, max_epochs: int) -> bool:
+    """True (and ``module`` restored from it) when ``ckpt_path`` is the last epoch's checkpoint of a
+    finished run: re-running such an evaluation reports its results without touching its logs."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if int(ckpt.get("epoch", -1)) + 1 < max_epochs or "harl_eval_history" not in ckpt:
+        return False
+    module.load_state_dict(ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    return True
 
 
 def _keep_previous_metrics(run_dir: str, resume_ckpt: Optional[str]) -> None:
@@ -384,20 +403,37 @@ class SeededItems(Dataset):
         if isinstance(key, tuple):
             i, epoch = key
             s = (self.seed * 1_000_003 + int(epoch) * 100_003 + int(i)) % (2**31 - 1)
-            torch.manual_seed(s)
+            # the CPU generator only: torch.manual_seed would also queue a lazy CUDA/XPU/MTIA seeding
+            # call (with a formatted stack) per item when no accelerator is initialised
+            torch.random.default_generator.manual_seed(s)
             np.random.seed(s)
             random.seed(s)
             return self.dataset[int(i)]
         return self.dataset[key]
 
 
-def _loader(ds, cfg: DictConfig, shuffle: bool, drop_last: bool = False, workers: Optional[int] = None) -> DataLoader:
-    """Train loaders (``shuffle``) use :class:`EpochSampler` + :class:`SeededItems`; val loaders are sequential."""
+class _PairIndex(Dataset):
+    """Accepts the ``(index, epoch)`` keys of :class:`EpochSampler` for a deterministic dataset."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset[key[0] if isinstance(key, tuple) else key]
+
+
+def _loader(ds, cfg: DictConfig, shuffle: bool, drop_last: bool = False, workers: Optional[int] = None,
+            random_items: bool = True) -> DataLoader:
+    """Train loaders (``shuffle``) use :class:`EpochSampler` (+ :class:`SeededItems` when the items are
+    randomly augmented, ``random_items``); val loaders are sequential."""
     workers = int(cfg.data.num_workers) if workers is None else workers
     sampler = None
     if shuffle:
         sampler = EpochSampler(len(ds), int(cfg.seed))
-        ds = SeededItems(ds, int(cfg.seed))
+        ds = SeededItems(ds, int(cfg.seed)) if random_items else _PairIndex(ds)
     return DataLoader(ds, batch_size=int(cfg.optimizer.batch_size), shuffle=False, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                       persistent_workers=False)
@@ -444,7 +480,7 @@ def run_linear(ctx: EvalContext) -> Dict[str, Any]:
         ftr, ttr = cached_tensors(ctx, train_ds, "train")
         fva, tva = cached_tensors(ctx, val_ds, "val")
         module = _linear_module(ctx, ftr.shape[1], None)
-        train_loader = _loader(TensorDataset(ftr, ttr), cfg, shuffle=True, workers=0)
+        train_loader = _loader(TensorDataset(ftr, ttr), cfg, shuffle=True, workers=0, random_items=False)
         val_loader = _loader(TensorDataset(fva, tva), cfg, shuffle=False, workers=0)
         fit_probe(ctx, module, train_loader, val_loader, per_epoch_bar=True)
         n_train, n_val = len(ttr), len(tva)
