@@ -169,6 +169,7 @@ def test_shipped_configs_validate(path, dummy):
         assert cfg.optimizer.lr == pytest.approx(expected_lr[rel])
     if rel.startswith("fashion-scenes"):
         assert cfg.protocol == "cached" and cfg.random_init_baseline and cfg.precision == "32-true"
+        assert cfg.head_norm == "batchnorm"
     else:
         assert (cfg.max_epochs, cfg.optimizer.batch_size, list(cfg.scheduler.lr_decay_steps)) == (100, 256, [60, 80])
     assert os.access(path[:-len(".yaml")] + ".sh", os.X_OK)

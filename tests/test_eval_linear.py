@@ -15,8 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from harl.eval.knn import topk_accuracy
-from harl.eval.linear import (ClassificationTask, ProbeModule, fit_probe, linear_probe, optimizer_cfg,
-                              scheduler_cfg)
+from harl.eval.linear import (ClassificationTask, ProbeModule, _loader, fit_probe, linear_probe, optimizer_cfg,
+                              scheduler_cfg, seed_head)
 from harl.eval.linear_config import build_linear_cfg, parse_linear_cfg
 from harl.eval.runner import EvalContext
 from harl.eval.pretrained import load_pretrained_backbone
@@ -66,17 +66,6 @@ def _probe_ctx(tmp_path, num_classes, **over):
     return EvalContext(cfg, None, {}, None, str(tmp_path), "v0", checkpoints=False, progress=False)
 
 
-def _fit_features(tmp_path, x, y, num_classes, n_train, **over):
-    ctx = _probe_ctx(tmp_path, num_classes, **over)
-    cfg = ctx.cfg
-    module = ProbeModule(ClassificationTask(num_classes), x.shape[1], None, optimizer=optimizer_cfg(cfg),
-                         scheduler=scheduler_cfg(cfg), max_epochs=int(cfg.max_epochs))
-    tl = DataLoader(TensorDataset(x[:n_train], y[:n_train]), batch_size=int(cfg.optimizer.batch_size), shuffle=True)
-    vl = DataLoader(TensorDataset(x[n_train:], y[n_train:]), batch_size=7)
-    fit_probe(ctx, module, tl, vl, per_epoch_bar=True)
-    return module
-
-
 def test_head_learns_separable_features_and_not_shuffled_ones(tmp_path):
     g = torch.Generator().manual_seed(0)
     centers = 4.0 * torch.randn(4, 16, generator=g)
@@ -95,6 +84,42 @@ def test_head_learns_separable_features_and_not_shuffled_ones(tmp_path):
     y_shuffled[:320] = y[:320][torch.randperm(320, generator=g)]
     module = _fit_features(tmp_path / "b", x, y_shuffled, 4, 320, **over)
     assert module.history[-1]["val_acc1"] <= 50.0
+
+
+def test_batchnorm_head_makes_the_probe_scale_invariant(tmp_path):
+    """head_norm=batchnorm: training on 1000·x + 5 follows the same trajectory as on x (the
+    parameter-free BatchNorm removes any per-feature affine map), so one lr fits backbones with very
+    different feature scales (why the CPU configs use it); the plain head does not."""
+    g = torch.Generator().manual_seed(1)
+    centers = 1.5 * torch.randn(4, 16, generator=g)
+    y = torch.arange(400) % 4
+    x = centers[y] + torch.randn(400, 16, generator=g)
+    over = {"max_epochs": 4, "optimizer.batch_size": 64, "optimizer.lr": 1.0, "scheduler.name": "cosine",
+            "head_norm": "batchnorm"}
+    head = ClassificationTask(4, head_norm="batchnorm").make_head(16)
+    assert isinstance(head[0], torch.nn.BatchNorm1d) and not head[0].affine
+    a = _fit_features(tmp_path / "a", x, y, 4, 320, **over).history
+    b = _fit_features(tmp_path / "b", 1000 * x + 5, y, 4, 320, **over).history
+    assert [h["val_acc1"] for h in a] == [h["val_acc1"] for h in b]
+    assert [h["val_loss"] for h in a] == pytest.approx([h["val_loss"] for h in b], rel=1e-3)
+    assert a[-1]["val_acc1"] > 70.0
+    over["head_norm"] = None
+    c = _fit_features(tmp_path / "c", x, y, 4, 320, **over).history
+    d = _fit_features(tmp_path / "d", 1000 * x + 5, y, 4, 320, **over).history
+    assert [h["val_loss"] for h in c] != pytest.approx([h["val_loss"] for h in d], rel=0.1)
+
+
+def _fit_features(tmp_path, x, y, num_classes, n_train, **over):
+    ctx = _probe_ctx(tmp_path, num_classes, **over)
+    cfg = ctx.cfg
+    task = ClassificationTask(num_classes, head_norm=cfg.head_norm)
+    seed_head(cfg)
+    module = ProbeModule(task, x.shape[1], None, optimizer=optimizer_cfg(cfg),
+                         scheduler=scheduler_cfg(cfg), max_epochs=int(cfg.max_epochs))
+    tl = _loader(TensorDataset(x[:n_train], y[:n_train]), cfg, shuffle=True, workers=0, random_items=False)
+    vl = DataLoader(TensorDataset(x[n_train:], y[n_train:]), batch_size=7)
+    fit_probe(ctx, module, tl, vl, per_epoch_bar=True)
+    return module
 
 
 def test_pipeline_on_a_separable_toy_image_set(colours, tmp_path):

@@ -100,13 +100,19 @@ class DenseTask:
     primary = "val_miou"
     sums = ("loss", "pixels", "tp", "fp", "fn", "tn")
 
-    def __init__(self, loss: str = "bce"):
+    def __init__(self, loss: str = "bce", head_norm: Optional[str] = None):
         if loss not in ("bce", "ce"):
             raise ValueError(f"dense loss must be 'bce' or 'ce', got {loss!r}")
         self.loss_name = loss
+        self.head_norm = head_norm
 
     def make_head(self, num_features: int) -> nn.Module:
-        return nn.Conv2d(int(num_features), 1 if self.loss_name == "bce" else 2, kernel_size=1)
+        """1×1 conv C → 1 (bce) or 2 (ce); ``head_norm="batchnorm"``: preceded by
+        ``BatchNorm2d(C, affine=False)`` (per-channel standardisation; still linear at evaluation)."""
+        conv = nn.Conv2d(int(num_features), 1 if self.loss_name == "bce" else 2, kernel_size=1)
+        if self.head_norm == "batchnorm":
+            return nn.Sequential(nn.BatchNorm2d(int(num_features), affine=False, momentum=None), conv)
+        return conv
 
     @staticmethod
     def backbone_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +163,7 @@ def run_dense(ctx: EvalContext) -> Dict[str, Any]:
     cfg = ctx.cfg
     if not hasattr(ctx.backbone, "forward_features"):
         raise TypeError(f"mode=dense needs a backbone with forward_features(); {type(ctx.backbone).__name__} has none")
-    task = DenseTask(str(cfg.dense.loss))
+    task = DenseTask(str(cfg.dense.loss), cfg.head_norm)
     common = dict(finetune=bool(cfg.finetune), optimizer=optimizer_cfg(cfg), scheduler=scheduler_cfg(cfg),
                   max_epochs=int(cfg.max_epochs), channels_last=not cfg.performance.disable_channel_last,
                   hparams=OmegaConf.to_container(cfg, resolve=True))

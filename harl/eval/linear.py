@@ -50,12 +50,19 @@ class ClassificationTask:
     name = "classification"
     primary = "val_acc1"  # the metric "best" refers to
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, head_norm: Optional[str] = None):
         self.num_classes = int(num_classes)
         self.label_smoothing = float(label_smoothing)
+        self.head_norm = head_norm
 
     def make_head(self, num_features: int) -> nn.Module:
-        return nn.Linear(int(num_features), self.num_classes)
+        """``nn.Linear(C, classes)``; with ``head_norm="batchnorm"`` preceded by a parameter-free
+        ``BatchNorm1d(C, affine=False)`` (MAE's linear-probe trick: still a linear classifier at
+        evaluation, but the lr no longer depends on the feature scale of each backbone)."""
+        linear = nn.Linear(int(num_features), self.num_classes)
+        if self.head_norm == "batchnorm":
+            return nn.Sequential(nn.BatchNorm1d(int(num_features), affine=False, momentum=None), linear)
+        return linear
 
     @staticmethod
     def backbone_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -462,7 +469,7 @@ def seed_head(cfg: DictConfig) -> None:
 def _linear_module(ctx: EvalContext, num_features: int, backbone: Optional[nn.Module]) -> ProbeModule:
     cfg = ctx.cfg
     seed_head(cfg)
-    task = ClassificationTask(int(cfg.data.num_classes), float(cfg.label_smoothing))
+    task = ClassificationTask(int(cfg.data.num_classes), float(cfg.label_smoothing), cfg.head_norm)
     return ProbeModule(task, num_features, backbone, finetune=bool(cfg.finetune), optimizer=optimizer_cfg(cfg),
                        scheduler=scheduler_cfg(cfg), max_epochs=int(cfg.max_epochs),
                        input_transform=ctx.input_transform if backbone is not None else None,

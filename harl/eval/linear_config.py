@@ -13,7 +13,7 @@ num_nodes, accelerator, strategy, precision, sync_batchnorm, finetune, label_smo
 (+ ``auto_augment``, ``mixup``, ``cutmix``, ``dali``: accepted, ignored with a warning when set),
 plus any ``lightning.Trainer`` argument.
 
-harl keys: ``mode`` (linear | knn | dense), ``protocol`` (augmented | cached), ``random_init``,
+harl keys: ``mode`` (linear | knn | dense), ``protocol`` (augmented | cached), ``head_norm``, ``random_init``,
 ``random_init_baseline``, ``eval_highpass`` / ``hp_kernel`` / ``hp_sigma``, ``knn{k, T,
 distance_func}``, ``dense{loss}``, ``data.masks{root, val_root, suffix, on_missing,
 on_size_mismatch}``, ``cache{enabled, dir}``, ``performance.disable_channel_last``.
@@ -50,6 +50,7 @@ MODES = ("linear", "knn", "dense")
 PROTOCOLS = ("augmented", "cached")
 DENSE_LOSSES = ("bce", "ce")
 DISTANCES = ("cosine", "euclidean")
+HEAD_NORMS = (None, "batchnorm")
 
 LINEAR_SCHEMA: Dict[str, Any] = {
     "name": REQUIRED,
@@ -92,6 +93,7 @@ LINEAR_SCHEMA: Dict[str, Any] = {
     "wandb": {"enabled": False, "project": "harl", "entity": None, "offline": True, "tags": None},
     "performance": {"disable_channel_last": False},
     "label_smoothing": 0.0,
+    "head_norm": None,  # null | batchnorm (BatchNorm without affine before the linear / 1×1 head)
     "seed": 5,
     "resume_from_checkpoint": None,
     "max_epochs": 100,
@@ -179,6 +181,7 @@ def _check_values(out: dict) -> None:
     _choice(out["scheduler"]["name"], ["step", "warmup_cosine", "cosine", "none"], "scheduler.name")
     _choice(out["scheduler"]["interval"], ["step", "epoch"], "scheduler.interval")
     _choice(out["dense"]["loss"], DENSE_LOSSES, "dense.loss")
+    _choice(out["head_norm"], HEAD_NORMS, "head_norm")
     for d in _as_list(out["knn"]["distance_func"]):
         _choice(d, DISTANCES, "knn.distance_func")
     for k in _as_list(out["knn"]["k"]):
