@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from harl.utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_text, metrics_files  # noqa: F401
 
 CKPT_RE = re.compile(r"-ep=(\d+)\.ckpt$")
 
@@ -117,6 +117,18 @@ def find_resumable(cfg: DictConfig) -> Tuple[Optional[str], Optional[str]]:
         if mtime > best[0]:
             best = (mtime, ckpts[-1], run_dir)
     return best[1], best[2]
+
+
+def preserve_metrics_on_resume(run_dir: str) -> None:
+    """Lightning's CSV logger deletes an existing ``metrics.csv``: before a resumed run starts
+    logging, keep it as ``metrics.before-resume-<k>.csv`` (:func:`harl.utils.io.metrics_files` lists them in order)."""
+    path = os.path.join(run_dir, "metrics.csv")
+    if not os.path.isfile(path):
+        return
+    k = 1
+    while os.path.exists(os.path.join(run_dir, f"metrics.before-resume-{k}.csv")):
+        k += 1
+    os.replace(path, os.path.join(run_dir, f"metrics.before-resume-{k}.csv"))
 
 
 class Checkpointer(Callback):

@@ -427,8 +427,13 @@ def load_yaml(path: str, overrides: Iterable[str] = ()) -> DictConfig:
         raise ConfigError(f"config file '{path}' does not exist")
     config_dir = os.path.dirname(path)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir, version_base="1.2"):
-        cfg = compose(config_name=os.path.basename(path),
-                      overrides=[_add_or_override(o, config_dir) for o in overrides])
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.2"):
+            cfg = compose(config_name=os.path.basename(path),
+                          overrides=[_add_or_override(o, config_dir) for o in overrides])
+    except HydraException as err:  # a bad override or YAML: one line, not a traceback
+        raise ConfigError(f"{path}: {str(err).strip().splitlines()[0]}") from err
     OmegaConf.set_struct(cfg, False)
     return cfg

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from harl.checkpoint import Checkpointer, find_resumable, new_version, run_root
+from harl.checkpoint import Checkpointer, find_resumable, new_version, preserve_metrics_on_resume, run_root
 from harl.config import ConfigError, num_devices, parse_cfg
 from harl.data.sampling import SamplerState
 from harl.methods import METHODS
@@ -142,6 +142,8 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
 
     model = method_cls(cfg)
 
+    if ckpt_path is not None:
+        preserve_metrics_on_resume(run_dir)
     loggers: List[Any] = [CSVLogger(save_dir=run_dir, name="", version="")]
     if cfg.wandb.enabled:
         from lightning.pytorch.loggers import WandbLogger

@@ -151,3 +151,19 @@ def test_empty_data_directory_is_a_clear_error(tmp_path):
     cfg["data"].update({"dataset": "custom", "val_path": None})
     with pytest.raises(Exception, match=str(empty)):
         pretrain(cfg)
+
+
+def test_resumed_run_keeps_earlier_metrics_and_cli_quotes_checkpoint_names(scenes_root, tmp_path):
+    from harl.cli.common import quote_override_values
+    from harl.utils.io import metrics_files
+
+    assert quote_override_values(["resume_from_checkpoint=run-ep=3.ckpt", "max_epochs=2", "x=[a=1]"]) == [
+        "resume_from_checkpoint='run-ep=3.ckpt'", "max_epochs=2", "x=[a=1]"]
+    over = {"max_epochs": 2, "auto_resume.enabled": True}
+    with pytest.raises(SystemExit):
+        pretrain(scenes_cfg("byol", scenes_root, str(tmp_path / "m"), **over), callbacks=[_KillAfterFirstEpoch()])
+    res = pretrain(scenes_cfg("byol", scenes_root, str(tmp_path / "m"), **over))
+    files = metrics_files(res.run_dir)
+    assert [os.path.basename(f) for f in files] == ["metrics.before-resume-1.csv", "metrics.csv"]
+    epochs = {int(float(r["epoch"])) for f in files for r in csv.DictReader(open(f)) if r.get("epoch")}
+    assert epochs == {0, 1}

@@ -42,11 +42,25 @@ def split_config_args(argv: Sequence[str], prog: str, description: str) -> Tuple
     return os.path.abspath(path), overrides
 
 
+def quote_override_values(overrides: Sequence[str]) -> List[str]:
+    """Quote values that contain ``=`` (checkpoint names end in ``-ep=<e>.ckpt``), which Hydra's
+    override grammar rejects: ``k=a-ep=9.ckpt`` → ``k='a-ep=9.ckpt'``. Quoted values, lists and
+    mappings are left alone."""
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and "=" in value and value[:1] not in "'\"[{" and "'" not in value:
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
 def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> DictConfig:
+    """The composed config of a CLI call (config file + quoted Hydra overrides)."""
     from harl.config import load_yaml
 
     path, overrides = split_config_args(sys.argv[1:] if argv is None else argv, prog, description)
-    return load_yaml(path, overrides)
+    return load_yaml(path, quote_override_values(overrides))
 
 
 def run_cli(fn, argv=None) -> int:

@@ -12,29 +12,13 @@ Modes: ``linear`` (default; ``protocol=augmented`` as solo-learn, or ``protocol=
 from __future__ import annotations
 
 import sys
-from typing import List, Sequence
 
 from harl.cli.common import load_config, run_cli
-
-
-def quote_overrides(argv: Sequence[str]) -> List[str]:
-    """Quote override values that contain ``=`` (checkpoint names end in ``-ep=<e>.ckpt``), which
-    Hydra's override grammar would otherwise reject: ``k=a-ep=9.ckpt`` → ``k='a-ep=9.ckpt'``.
-    Values already quoted, and options (``--config-path`` ...), are left alone."""
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if (sep and not arg.startswith("-") and "=" in value and value[:1] not in ("'", '"')
-                and "'" not in value):
-            arg = f"{key}='{value}'"
-        out.append(arg)
-    return out
 
 
 def _linear(argv) -> None:
     from harl.eval.runner import evaluate
 
-    argv = quote_overrides(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv, "harl-linear",
                       "Linear / kNN / dense evaluation of a pretrained backbone from a solo-learn-style YAML config.")
     results = evaluate(cfg)

@@ -270,7 +270,7 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from harl.checkpoint import Checkpointer
+    from harl.checkpoint import Checkpointer, preserve_metrics_on_resume
     from harl.eval.linear_config import trainer_extra_kwargs
     from harl.train import EpochSeeder, resolve_accelerator
 
@@ -279,7 +279,8 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
         return module
     if isinstance(getattr(train_loader, "sampler", None), EpochSampler):
         train_loader.sampler.attach(module)
-    _keep_previous_metrics(ctx.run_dir, ctx.resume_ckpt)
+    if ctx.resume_ckpt is not None:
+        preserve_metrics_on_resume(ctx.run_dir)
     loggers: List[Any] = [CSVLogger(save_dir=ctx.run_dir, name="", version="")]
     if cfg.wandb.enabled:
         from lightning.pytorch.loggers import WandbLogger
@@ -334,18 +335,6 @@ def _finished(ckpt_path: str, module: ProbeModule, max_epochs: int) -> bool:
     module.load_state_dict(ckpt["state_dict"])
     module.on_load_checkpoint(ckpt)
     return True
-
-
-def _keep_previous_metrics(run_dir: str, resume_ckpt: Optional[str]) -> None:
-    """Lightning's CSV logger deletes an existing ``metrics.csv``; when resuming, keep it as
-    ``metrics.before-resume-<k>.csv`` (the per-epoch history itself lives in the checkpoint)."""
-    path = os.path.join(run_dir, "metrics.csv")
-    if resume_ckpt is None or not os.path.isfile(path):
-        return
-    k = 1
-    while os.path.exists(os.path.join(run_dir, f"metrics.before-resume-{k}.csv")):
-        k += 1
-    os.replace(path, os.path.join(run_dir, f"metrics.before-resume-{k}.csv"))
 
 
 def summarize_history(history: List[Dict[str, Any]], primary: str, keys: Dict[str, str]) -> Dict[str, Any]:

@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from harl.utils.io import metrics_files
+
 #: folders never entered while discovering runs
 SKIP_DIRS = {"feature_cache", "stages", "wandb", "__pycache__", "lightning_logs", "random_init"}
 #: JSON files that are never results
@@ -328,11 +330,12 @@ def discover(paths: Iterable[str]) -> Tuple[List[PretrainRun], List[Result], Lis
                 notes.append(f"skipped unreadable '{os.path.join(dirpath, 'args.json')}'")
             if _is_pretrain_args(args) and dirpath not in runs:
                 run = PretrainRun(dirpath, args)
-                if "metrics.csv" in files:
+                for path in metrics_files(dirpath):  # earlier parts of a resumed run first
                     try:
-                        run.metrics = read_metrics_csv(os.path.join(dirpath, "metrics.csv"))
+                        for key, series in read_metrics_csv(path).items():
+                            run.metrics.setdefault(key, []).extend(series)
                     except (OSError, csv.Error, UnicodeDecodeError) as err:
-                        notes.append(f"skipped unreadable '{os.path.join(dirpath, 'metrics.csv')}': {err}")
+                        notes.append(f"skipped unreadable '{path}': {err}")
                 runs[dirpath] = run
             for fname in files:
                 if fname.endswith(".json") and fname not in NON_RESULT_FILES:

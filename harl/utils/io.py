@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import secrets
-from typing import Any
+from typing import Any, List
 
 
 def tmp_path(path: str) -> str:
@@ -45,3 +47,11 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def metrics_files(run_dir: str) -> List[str]:
+    """A run's CSV logs in chronological order (earlier parts of resumed runs first)."""
+    parts = glob.glob(os.path.join(glob.escape(run_dir), "metrics.before-resume-*.csv"))
+    parts.sort(key=lambda p: int(re.search(r"-(\d+)\.csv$", p).group(1)))
+    last = os.path.join(run_dir, "metrics.csv")
+    return parts + ([last] if os.path.isfile(last) else [])
