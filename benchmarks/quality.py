@@ -100,7 +100,8 @@ def evaluate(args, scenes: str, ckpt: Optional[str], seed: int) -> Dict[str, flo
                   out_dir=os.path.join(args.out, "eval"))
     arch = {} if ckpt else {"backbone": "resnet18", "backbone_kwargs": {"width": args.width, "cifar_stem": True},
                             "random_init": True}
-    lin = linear_probe(ckpt, protocol="cached", max_epochs=args.probe_epochs, seed=seed, **arch, **common)
+    lin = linear_probe(ckpt, protocol="cached", head_norm="batchnorm", max_epochs=args.probe_epochs, seed=seed,
+                       **arch, **common)
     knn = knn_eval(ckpt, seed=seed, **arch, **common)
     return {"linear_top1": float(lin["top1"]), "knn_top1": float(knn["top1"])}
 

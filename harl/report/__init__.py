@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from harl.checkpoint import atomic_write_text
+from harl.utils.io import atomic_write_text
 from harl.report.collect import PretrainRun, Result, discover
 from harl.report.figures import plot_curves, plot_methods, plot_views
 from harl.report.summary import method_markdown, method_table, results_markdown, runs_markdown

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from harl.checkpoint import atomic_write_bytes
+from harl.utils.io import atomic_write_bytes
 from harl.report.collect import PretrainRun
 from harl.report.summary import Cell
 
