@@ -427,7 +427,7 @@ def _flip(box):
 def test_spatial_positives_on_hand_made_boxes(name):
     S, h = 32, 5
     full = [0.0, 0.0, 1.0, 1.0]
-    inner = [0.3, 0.45, 0.7, 0.9]  # a zoom into view 1 (asymmetric: catches view swaps; no pair within 1e-3 of the radius)
+    inner = [0.3, 0.45, 0.7, 0.9]  # a zoom into view 1: asymmetric, so it catches swapped views
     far = [0.0, 0.0, 0.2, 0.2]
     corner = [0.8, 0.8, 1.0, 1.0]  # no cell of `far` is near a cell of `corner`
     boxes1 = [full, full, full, corner]
@@ -465,15 +465,19 @@ def test_spatial_positives_on_hand_made_boxes(name):
 # --------------------------------------------------------------------------- precision
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_finite_under_bf16_autocast(name):
+@pytest.mark.parametrize("name,dtype", [(n, torch.bfloat16) for n in NAMES] + [("hapicl_byol", torch.float16)])
+def test_finite_under_half_precision_autocast(name, dtype):
+    """The pixel head runs in half precision, the pixel loss in fp32 (its sums overflow fp16)."""
     model = _model(name)
     m1, m2 = _varied_masks()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, logs = _step_logs(model, _batch(m1, m2))
-    assert math.isfinite(logs["train_pix_loss"]) and logs["train_pix_loss"] > 0
+    batch = _batch(m1, m2)
+    with torch.autocast("cpu", dtype=dtype):
+        assert model.crop_forward(batch[1][0], 0)["pix"].dtype == dtype
+        loss, logs = _step_logs(model, batch)
+    ref = _step_logs(_model(name), batch)[1]["train_pix_loss"]
+    assert math.isfinite(logs["train_pix_loss"]) and logs["train_pix_loss"] == pytest.approx(ref, rel=0.05)
     loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.pixel_head.parameters())
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.pixel_head.parameters())
 
 
 # --------------------------------------------------------------------------- real pretraining
