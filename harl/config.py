@@ -253,7 +253,7 @@ def _normalise_none_strings(x):
         return {k: _normalise_none_strings(v) for k, v in x.items()}
     if isinstance(x, list):
         return [_normalise_none_strings(v) for v in x]
-    if isinstance(x, str) and x in ("None", "none", "null"):
+    if isinstance(x, str) and x == "None":
         return None
     return x
 
