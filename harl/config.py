@@ -276,25 +276,38 @@ def check_kwargs(given: Optional[Mapping], defaults: Mapping, path: str, require
     return out
 
 
+def check_schema(cfg: Any, schema: Mapping, handled_trainer_keys: Iterable[str] = (),
+                 allow_trainer_keys: bool = True, drop: Iterable[str] = ()) -> dict:
+    """Shared front of every config validator (pretraining, linear, fine-tuning).
+
+    Turns ``cfg`` into a plain dict, drops Hydra's ``defaults``/``hydra`` (and ``drop``), maps the
+    string "None" to None, refuses the ``Trainer`` arguments harl sets itself, and checks the rest
+    against ``schema``; with ``allow_trainer_keys`` any other ``lightning.Trainer`` argument is
+    accepted at the top level (solo-learn passes them through).
+    """
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        raw = copy.deepcopy(dict(cfg))
+    for key in ("defaults", "hydra", *drop):
+        raw.pop(key, None)
+    raw = _normalise_none_strings(raw)
+    bad = _FORBIDDEN_TRAINER_KEYS & set(raw)
+    if bad:
+        raise ConfigError(f"config key(s) {sorted(bad)} are set by harl itself and cannot be given")
+    extra = set()
+    if allow_trainer_keys:
+        extra = set(trainer_init_keys()) - set(schema) - set(handled_trainer_keys) - _FORBIDDEN_TRAINER_KEYS
+    return _check_mapping(raw, schema, "", extra_valid=extra)
+
+
 def validate_cfg(cfg: Any) -> DictConfig:
     """Check ``cfg`` against :data:`SCHEMA` and fill defaults; returns a new ``DictConfig``.
 
     Also validates ``method_kwargs`` against the chosen method's declared defaults and
     ``optimizer.kwargs`` against the chosen optimizer's.
     """
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        raw = OmegaConf.to_container(cfg, resolve=True)
-    else:
-        raw = copy.deepcopy(dict(cfg))
-    raw.pop("defaults", None)
-    raw.pop("hydra", None)
-    raw = _normalise_none_strings(raw)
-    trainer_keys = set(trainer_init_keys())
-    bad = _FORBIDDEN_TRAINER_KEYS & set(raw)
-    if bad:
-        raise ConfigError(f"config key(s) {sorted(bad)} are set by harl itself and cannot be given")
-    extra = trainer_keys - set(SCHEMA) - _HANDLED_TRAINER_KEYS - _FORBIDDEN_TRAINER_KEYS
-    out = _check_mapping(raw, SCHEMA, "", extra_valid=extra)
+    out = check_schema(cfg, SCHEMA, handled_trainer_keys=_HANDLED_TRAINER_KEYS)
 
     for ignored in ("dali", "auto_umap"):
         if out[ignored]:
@@ -325,23 +338,26 @@ def validate_cfg(cfg: Any) -> DictConfig:
     return OmegaConf.create(out)
 
 
-def _choice(value, allowed, where):
+def choice(value, allowed, where: str):
+    """Raise a :class:`ConfigError` naming ``where`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
-        raise ConfigError(f"config key '{where}' = {value!r} must be one of {list(allowed)}{close_match_hint(value, allowed)}")
+        raise ConfigError(f"config key '{where}' = {value!r} must be one of {list(allowed)}"
+                          f"{close_match_hint(str(value), [str(a) for a in allowed])}")
+
 
 
 def _check_values(out: dict) -> None:
     import harl.data  # noqa: F401  (registers the datasets)
     from harl.data.registry import DATASETS
 
-    _choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
-    _choice(out["data"]["format"], ["image_folder"], "data.format")
-    _choice(out["data"]["masks"]["on_missing"], ["error", "ones", "zeros"], "data.masks.on_missing")
-    _choice(out["data"]["masks"]["on_size_mismatch"], ["error", "resize"], "data.masks.on_size_mismatch")
-    _choice(out["data"]["masks"]["crop_fallback"], ["last", "best"], "data.masks.crop_fallback")
-    _choice(out["scheduler"]["name"], ["warmup_cosine", "step", "none", "cosine"], "scheduler.name")
-    _choice(out["scheduler"]["interval"], ["step", "epoch"], "scheduler.interval")
-    _choice(out["knn_eval"]["distance_func"], ["euclidean", "cosine"], "knn_eval.distance_func")
+    choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
+    choice(out["data"]["format"], ["image_folder"], "data.format")
+    choice(out["data"]["masks"]["on_missing"], ["error", "ones", "zeros"], "data.masks.on_missing")
+    choice(out["data"]["masks"]["on_size_mismatch"], ["error", "resize"], "data.masks.on_size_mismatch")
+    choice(out["data"]["masks"]["crop_fallback"], ["last", "best"], "data.masks.crop_fallback")
+    choice(out["scheduler"]["name"], ["warmup_cosine", "step", "none", "cosine"], "scheduler.name")
+    choice(out["scheduler"]["interval"], ["step", "epoch"], "scheduler.interval")
+    choice(out["knn_eval"]["distance_func"], ["euclidean", "cosine"], "knn_eval.distance_func")
     if not isinstance(out["max_epochs"], int) or out["max_epochs"] < 1:
         raise ConfigError(f"config key 'max_epochs' must be a positive integer, got {out['max_epochs']!r}")
     if int(out["optimizer"]["batch_size"]) < 1:

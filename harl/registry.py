@@ -77,6 +77,14 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
+def check_choice(name: str, choices, kind: str) -> str:
+    """Return ``name`` if it is one of ``choices``; else a ValueError with a close-match hint."""
+    if name not in choices:
+        raise ValueError(f"unknown {kind} '{name}'{close_match_hint(name, choices)}; "
+                         f"choose one of: {', '.join(sorted(choices))}")
+    return name
+
+
 def lookup(table: Dict[str, Callable], name: str, kind: str):
     """Look ``name`` up in a plain dict with the same error style as :class:`Registry`."""
     if name not in table:

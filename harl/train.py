@@ -73,15 +73,14 @@ def _sync_batchnorm(cfg: DictConfig, acc: dict) -> bool:
     return on_gpu
 
 
-def trainer_extra_kwargs(cfg: DictConfig) -> dict:
-    """Top-level config keys that are ``Trainer`` arguments not handled elsewhere (solo-learn style)."""
+def trainer_extra_kwargs(cfg: DictConfig, schema=None) -> dict:
+    """Top-level config keys that are ``Trainer`` arguments not in ``schema`` (default: the
+    pretraining schema), passed through as solo-learn does."""
     from harl.config import SCHEMA, trainer_init_keys
 
-    out = {}
-    for key in trainer_init_keys():
-        if key in cfg and key not in SCHEMA and cfg[key] is not None:
-            out[key] = cfg[key]
-    return out
+    schema = SCHEMA if schema is None else schema
+    return {key: cfg[key] for key in trainer_init_keys()
+            if key in cfg and key not in schema and cfg[key] is not None}
 
 
 class SkippedFilesReporter(Callback):

@@ -36,13 +36,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from harl.checkpoint import atomic_torch_save, atomic_write_text
-from harl.config import FREE, REQUIRED, ConfigError, _check_mapping, _normalise_none_strings
-from harl.registry import close_match_hint
+from harl.config import FREE, REQUIRED, ConfigError, check_schema, choice
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -106,10 +105,6 @@ PRECISIONS = {"32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed":
 _DIGEST_IGNORED = ("data.num_workers", "checkpoint", "progress", "accelerator")
 
 
-def _choice(value, allowed, where):
-    if value not in allowed:
-        raise ConfigError(f"config key '{where}' = {value!r} must be one of {list(allowed)}"
-                          f"{close_match_hint(str(value), [str(a) for a in allowed])}")
 
 
 def _as_list(x) -> list:
@@ -121,25 +116,17 @@ def validate_finetune_cfg(cfg: Any) -> DictConfig:
 
     Raises :class:`~harl.config.ConfigError` naming the key (unknown keys get a close-match hint).
     """
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        raw = OmegaConf.to_container(cfg, resolve=True)
-    else:
-        raw = copy.deepcopy(dict(cfg))
-    raw.pop("defaults", None)
-    raw.pop("hydra", None)
-    raw.pop("resolved", None)  # written into args.json by the runner
-    raw.pop("pretrain_method", None)
-    raw = _normalise_none_strings(raw)
-    out = _check_mapping(raw, FINETUNE_SCHEMA, "")
+    # "resolved" and "pretrain_method" are written into args.json by the runner
+    out = check_schema(cfg, FINETUNE_SCHEMA, allow_trainer_keys=False, drop=("resolved", "pretrain_method"))
     import harl.data  # noqa: F401  (registers the datasets)
     from harl.data.registry import DATASETS
 
-    _choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
-    _choice(str(out["precision"]), list(PRECISIONS), "precision")
+    choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
+    choice(str(out["precision"]), list(PRECISIONS), "precision")
     out["precision"] = str(out["precision"])
-    _choice(out["accelerator"], ["auto", "cpu", "cuda", "gpu"], "accelerator")
-    _choice(out["scheduler"]["name"], ["cosine", "none"], "scheduler.name")
-    _choice(out["search"]["metric"], ["top1", "top5"], "search.metric")
+    choice(out["accelerator"], ["auto", "cpu", "cuda", "gpu"], "accelerator")
+    choice(out["scheduler"]["name"], ["cosine", "none"], "scheduler.name")
+    choice(out["search"]["metric"], ["top1", "top5"], "search.metric")
     if not out["random_init"] and not out["pretrained_feature_extractor"]:
         raise ConfigError("missing required config key 'pretrained_feature_extractor' "
                           "(or set random_init=true for the random-init baseline)")
@@ -176,7 +163,7 @@ def validate_finetune_cfg(cfg: Any) -> DictConfig:
     if not se["lr"] or any(not v > 0 for v in se["lr"]):
         raise ConfigError(f"config key 'search.lr' must be a non-empty list of values > 0, got {se['lr']!r}")
     if not se["weight_decay"] or any(v < 0 for v in se["weight_decay"]):
-        raise ConfigError(f"config key 'search.weight_decay' must be a non-empty list of values >= 0")
+        raise ConfigError("config key 'search.weight_decay' must be a non-empty list of values >= 0")
     if not 0.0 < float(se["holdout_fraction"]) < 1.0:
         raise ConfigError(f"config key 'search.holdout_fraction' must be in (0, 1), got {se['holdout_fraction']!r}")
     opt = out["optimizer"]

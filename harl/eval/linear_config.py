@@ -24,24 +24,22 @@ batch_size · devices · num_nodes / 256 (solo-learn's linear ``parse_cfg``).
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from typing import Any, Dict, Iterable, List, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from harl.config import (
     DATASET_NUM_CLASSES,
     FREE,
     REQUIRED,
     ConfigError,
-    _check_mapping,
-    _normalise_none_strings,
     check_kwargs,
+    check_schema,
+    choice,
     count_class_folders,
     num_devices,
-    trainer_init_keys,
 )
 from harl.registry import close_match_hint
 
@@ -116,13 +114,6 @@ LINEAR_SCHEMA: Dict[str, Any] = {
 #: top-level keys of the schema that are also ``Trainer`` arguments (handled explicitly)
 _HANDLED_TRAINER_KEYS = {"max_epochs", "devices", "num_nodes", "accelerator", "strategy", "precision",
                          "sync_batchnorm"}
-_FORBIDDEN_TRAINER_KEYS = {"logger", "callbacks", "enable_checkpointing", "default_root_dir"}
-
-
-def _choice(value, allowed, where):
-    if value not in allowed:
-        raise ConfigError(f"config key '{where}' = {value!r} must be one of {list(allowed)}"
-                          f"{close_match_hint(value, allowed)}")
 
 
 def _as_list(x) -> List:
@@ -135,18 +126,7 @@ def validate_linear_cfg(cfg: Any) -> DictConfig:
     Raises :class:`~harl.config.ConfigError` naming the key for an unknown key (with a
     close-match hint), a missing required key or a bad value.
     """
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        raw = OmegaConf.to_container(cfg, resolve=True)
-    else:
-        raw = copy.deepcopy(dict(cfg))
-    raw.pop("defaults", None)
-    raw.pop("hydra", None)
-    raw = _normalise_none_strings(raw)
-    bad = _FORBIDDEN_TRAINER_KEYS & set(raw)
-    if bad:
-        raise ConfigError(f"config key(s) {sorted(bad)} are set by harl itself and cannot be given")
-    extra = set(trainer_init_keys()) - set(LINEAR_SCHEMA) - _HANDLED_TRAINER_KEYS - _FORBIDDEN_TRAINER_KEYS
-    out = _check_mapping(raw, LINEAR_SCHEMA, "", extra_valid=extra)
+    out = check_schema(cfg, LINEAR_SCHEMA, handled_trainer_keys=_HANDLED_TRAINER_KEYS)
 
     for key, neutral in (("auto_augment", False), ("mixup", 0.0), ("cutmix", 0.0)):
         if out[key] not in (neutral, None, 0, False):
@@ -172,18 +152,18 @@ def _check_values(out: dict) -> None:
     import harl.data  # noqa: F401  (registers the datasets)
     from harl.data.registry import DATASETS
 
-    _choice(out["mode"], MODES, "mode")
-    _choice(out["protocol"], PROTOCOLS, "protocol")
-    _choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
-    _choice(out["data"]["format"], ["image_folder"], "data.format")
-    _choice(out["data"]["masks"]["on_missing"], ["error", "ones", "zeros"], "data.masks.on_missing")
-    _choice(out["data"]["masks"]["on_size_mismatch"], ["error", "resize"], "data.masks.on_size_mismatch")
-    _choice(out["scheduler"]["name"], ["step", "warmup_cosine", "cosine", "none"], "scheduler.name")
-    _choice(out["scheduler"]["interval"], ["step", "epoch"], "scheduler.interval")
-    _choice(out["dense"]["loss"], DENSE_LOSSES, "dense.loss")
-    _choice(out["head_norm"], HEAD_NORMS, "head_norm")
+    choice(out["mode"], MODES, "mode")
+    choice(out["protocol"], PROTOCOLS, "protocol")
+    choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
+    choice(out["data"]["format"], ["image_folder"], "data.format")
+    choice(out["data"]["masks"]["on_missing"], ["error", "ones", "zeros"], "data.masks.on_missing")
+    choice(out["data"]["masks"]["on_size_mismatch"], ["error", "resize"], "data.masks.on_size_mismatch")
+    choice(out["scheduler"]["name"], ["step", "warmup_cosine", "cosine", "none"], "scheduler.name")
+    choice(out["scheduler"]["interval"], ["step", "epoch"], "scheduler.interval")
+    choice(out["dense"]["loss"], DENSE_LOSSES, "dense.loss")
+    choice(out["head_norm"], HEAD_NORMS, "head_norm")
     for d in _as_list(out["knn"]["distance_func"]):
-        _choice(d, DISTANCES, "knn.distance_func")
+        choice(d, DISTANCES, "knn.distance_func")
     for k in _as_list(out["knn"]["k"]):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"config key 'knn.k' must be a positive integer (or a list of them), got {k!r}")
@@ -254,11 +234,9 @@ def parse_linear_cfg(cfg: Any) -> DictConfig:
 
 def trainer_extra_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """Top-level keys of a linear config that are ``Trainer`` arguments not handled elsewhere."""
-    out = {}
-    for key in trainer_init_keys():
-        if key in cfg and key not in LINEAR_SCHEMA and cfg[key] is not None:
-            out[key] = cfg[key]
-    return out
+    from harl.train import trainer_extra_kwargs as extra_kwargs
+
+    return extra_kwargs(cfg, LINEAR_SCHEMA)
 
 
 def build_linear_cfg(mode: str, pretrained: Optional[str], dataset: str, train_path: str, val_path: str, *,

@@ -11,17 +11,10 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from harl.registry import close_match_hint
+from harl.registry import check_choice
 
 __all__ = ["PIX_POSITIVES", "PIX_VARIANTS", "pixel_pair_masks", "pixel_contrastive_loss",
            "pixel_contrastive_loss_and_stats"]
-
-
-def _check_choice(name: str, choices, kind: str) -> str:
-    if name not in choices:
-        raise ValueError(f"unknown {kind} '{name}'{close_match_hint(name, choices)}; "
-                         f"choose one of: {', '.join(sorted(choices))}")
-    return name
 
 
 def _flat_binary(m: torch.Tensor, what: str) -> torch.Tensor:
@@ -60,7 +53,7 @@ def pixel_pair_masks(m1_fg: torch.Tensor, m2_fg: torch.Tensor,
     Returns:
         (Pos, Neg), each B×N1×N2 bool.
     """
-    _check_choice(positives, PIX_POSITIVES, "pix_positives")
+    check_choice(positives, PIX_POSITIVES, "pix_positives")
     f1 = _flat_binary(m1_fg, "m1_fg")
     f2 = _flat_binary(m2_fg, "m2_fg")
     if f1.shape[0] != f2.shape[0]:
@@ -96,7 +89,7 @@ def pixel_contrastive_loss_and_stats(
         ``pos_pair_frac`` (mean fraction of pairs that are positive), all detached 0-d tensors.
     """
     variant = str(variant).upper()  # "a" and "A" name the same variant
-    _check_choice(variant, PIX_VARIANTS, "pix_variant")
+    check_choice(variant, PIX_VARIANTS, "pix_variant")
     if not temperature > 0:
         raise ValueError(f"pix_temperature must be > 0, got {temperature}")
     if P1.dim() != 3 or P2.dim() != 3 or P1.shape[:2] != P2.shape[:2]:

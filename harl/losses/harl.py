@@ -19,20 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from harl.masks.grid import gap_masked_pool, masked_mean_pool, pixel_shuffle_pool
-from harl.registry import close_match_hint
+from harl.registry import check_choice
 
 __all__ = [
     "POOLINGS", "EMPTY_POLICIES", "LOSS_TYPES", "HYBRID_MODES", "ALPHA_MODES", "BETA_MODES",
     "region_validity", "pool_regions", "weighted_byol_loss", "harl_branch_loss", "harl_loss_weights",
     "harl_total_loss", "cosine_coefficient", "alpha_schedule", "beta_schedule",
 ]
-
-
-def _check_choice(name: str, choices, kind: str) -> str:
-    if name not in choices:
-        raise ValueError(f"unknown {kind} '{name}'{close_match_hint(name, choices)}; "
-                         f"choose one of: {', '.join(sorted(choices))}")
-    return name
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,8 +102,8 @@ def pool_regions(feat: torch.Tensor, m_fg: Optional[torch.Tensor], m_bg: Optiona
         dict with ``h_g`` B×C, ``h_f``/``h_b`` B×C, ``valid_f``/``valid_b`` B bool and ``w_f``/``w_b``
         B float loss weights (region entries are None when its mask is None).
     """
-    _check_choice(pooling, POOLINGS, "pooling")
-    _check_choice(empty_policy, EMPTY_POLICIES, "empty_mask_policy")
+    check_choice(pooling, POOLINGS, "pooling")
+    check_choice(empty_policy, EMPTY_POLICIES, "empty_mask_policy")
     if feat.dim() != 4:
         raise ValueError(f"feature map must be B×C×h×w, got shape {tuple(feat.shape)}")
     h_g = feat.mean(dim=(2, 3))
@@ -204,8 +197,8 @@ def harl_loss_weights(loss_type: str, alpha: float, beta: float, mask_weight: fl
     Raises:
         ValueError: unknown ``loss_type`` / ``hybrid_mode`` (with a close-match hint).
     """
-    _check_choice(loss_type, LOSS_TYPES, "loss_type")
-    _check_choice(hybrid_mode, HYBRID_MODES, "hybrid_mode")
+    check_choice(loss_type, LOSS_TYPES, "loss_type")
+    check_choice(hybrid_mode, HYBRID_MODES, "hybrid_mode")
     gamma = HYBRID_MODES[hybrid_mode](float(beta), float(mask_weight))
     return LOSS_TYPES[loss_type](float(alpha), gamma)
 
@@ -275,7 +268,7 @@ def alpha_schedule(step: int, total: int, alpha_base: float, mode: str = "cosine
 
     (step, total) are optimizer steps or epochs: the caller picks the granularity.
     """
-    _check_choice(mode, ALPHA_MODES, "alpha_mode")
+    check_choice(mode, ALPHA_MODES, "alpha_mode")
     return float(ALPHA_MODES[mode](step, total, float(alpha_base), epoch, max_epochs))
 
 
@@ -286,5 +279,5 @@ def beta_schedule(step: int, total: int, lambda_base: float, mode: str = "cosine
     - ``cosine``: ``β_k = max(β_min, λ_base·c_k)``, decaying from λ_base to β_min.
     - ``fixed``: λ_base.
     """
-    _check_choice(mode, BETA_MODES, "beta_mode")
+    check_choice(mode, BETA_MODES, "beta_mode")
     return float(BETA_MODES[mode](step, total, float(lambda_base), float(beta_min)))

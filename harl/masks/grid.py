@@ -13,7 +13,7 @@ from typing import Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from harl.registry import close_match_hint
+from harl.registry import check_choice
 
 __all__ = [
     "MASK_MODES",
@@ -26,13 +26,6 @@ __all__ = [
 ]
 
 Size = Union[int, Sequence[int]]
-
-
-def _check_choice(name: str, choices, kind: str) -> str:
-    if name not in choices:
-        raise ValueError(f"unknown {kind} '{name}'{close_match_hint(name, choices)}; "
-                         f"choose one of: {', '.join(sorted(choices))}")
-    return name
 
 
 def _as_b1hw(mask: torch.Tensor, what: str) -> torch.Tensor:
@@ -75,7 +68,7 @@ def mask_to_grid(mask: torch.Tensor, size: Size, mode: str = "binary",
     Returns:
         (M_f, M_b), each float32 B×1×h×w on ``mask``'s device.
     """
-    _check_choice(mode, MASK_MODES, "mask_mode")
+    check_choice(mode, MASK_MODES, "mask_mode")
     if not 0.0 <= float(threshold) < 1.0:
         raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
     hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
