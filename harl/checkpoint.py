@@ -160,7 +160,7 @@ class Checkpointer(Callback):
         epoch = trainer.current_epoch
         path = self.ckpt_path(epoch)
         tmp = path + ".tmp"
-        trainer.save_checkpoint(tmp)  # collective; rank 0 writes, then barrier
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes, then barrier
         if trainer.is_global_zero:
             os.replace(tmp, path)
             if self.last_ckpt and self.last_ckpt != path and not self.keep_prev and os.path.exists(self.last_ckpt):
