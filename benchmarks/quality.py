@@ -1,21 +1,28 @@
-"""Does HARL beat BYOL? Linear-probe and kNN top-1 on fashion-scenes, several seeds, one budget.
+"""Method comparisons on fashion-scenes: same data, same budget, several seeds, frozen-backbone probes.
 
-    python benchmarks/quality.py --mode cpu --out runs/quality            # ≈ 2 h on 2 CPU cores
-    python benchmarks/quality.py --mode gpu --out runs/quality-gpu        # larger budget on one GPU
-    python benchmarks/quality.py --mode cpu --seeds 0 --epochs 1 --train 512 --test 256   # smoke run
+    python benchmarks/quality.py --compare harl --mode cpu --out runs/quality-harl      # ≈ 2 h, 2 CPU cores
+    python benchmarks/quality.py --compare hapicl --mode cpu --epochs 6 --out runs/quality-hapicl
+    python benchmarks/quality.py --compare sgm --mode cpu --epochs 6 --out runs/quality-sgm
+    python benchmarks/quality.py --compare harl --mode gpu --out runs/quality-gpu       # larger budget, one GPU
+    python benchmarks/quality.py --seeds 0 --epochs 1 --train 512 --test 256 --out /tmp/q   # smoke run
 
-Rows (same data, budget and seed set for every method):
+Comparisons (``--compare``; ``--methods`` picks any subset of rows):
 
-- ``random``     the same backbone at random init (the floor every method must beat);
-- ``byol``       scripts/pretrain/fashion-scenes/byol.yaml;
-- ``harl_gt``    scripts/pretrain/fashion-scenes/harl.yaml with the ground-truth silhouettes;
-- ``harl_felz``  the same with heuristic masks made by ``harl-masks felzenszwalb`` (their IoU against
-  the ground truth is reported).
+- ``harl`` (issue: HARL beats BYOL): ``random`` (the same backbone at random init: the floor every
+  method must beat), ``byol``, ``harl_gt`` (HARL with the ground-truth silhouettes) and ``harl_felz``
+  (HARL with masks made by ``harl-masks felzenszwalb``; their IoU against the ground truth is
+  reported); probes: linear, kNN.
+- ``hapicl`` (pixel-level training helps dense prediction): ``random``, ``simclr``, ``hapicl_simclr``;
+  probes: linear, kNN and the dense fg/bg probe (mIoU).
+- ``sgm`` (saliency-guided masking helps MoCo v2+): ``random``, ``mocov2plus``, ``sgm_mocov2``;
+  probes: linear, kNN (an ``hp`` SGM checkpoint is probed on high-passed images automatically).
 
-Each pretrained backbone is frozen and evaluated with the cached linear probe and kNN (k 20, cosine,
-T 0.07) of ``harl.eval``. Everything is resumable: finished (method, seed) cells are read back from
+Every method runs its recipe in scripts/pretrain/fashion-scenes/ with the budget of ``--mode``
+(data size, width, epochs, batch) applied to all alike. Probes: the cached linear probe (BatchNorm
+without affine before the head), kNN (k 20, cosine, T 0.07) and, where listed, the dense probe of
+``harl.eval``. Everything is resumable: finished (method, seed) cells are read back from
 ``<out>/results.jsonl``, an interrupted pretraining auto-resumes. The table (mean ± std over seeds and
-the per-seed HARL − BYOL differences) is printed and written to ``<out>/results.md``.
+per-seed differences to the base method) is printed and written to ``<out>/results.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 RECIPES = os.path.join(ROOT, "scripts", "pretrain", "fashion-scenes")
-METHODS = ("random", "byol", "harl_gt", "harl_felz")
+#: comparison → (rows, base method for the paired differences, probes)
+COMPARISONS = {
+    "harl": (("random", "byol", "harl_gt", "harl_felz"), "byol", ("linear", "knn")),
+    "hapicl": (("random", "simclr", "hapicl_simclr"), "simclr", ("linear", "knn", "dense")),
+    "sgm": (("random", "mocov2plus", "sgm_mocov2"), "mocov2plus", ("linear", "knn")),
+}
+METHODS = tuple(dict.fromkeys(m for rows, _, _ in COMPARISONS.values() for m in rows))
 
 #: budgets: (scenes train/test, image size, ResNet-18 width, epochs, batch, extra trainer overrides)
 MODES = {
@@ -77,7 +90,7 @@ def build_felz_masks(args, scenes: str) -> Dict[str, float]:
 def pretrain_cfg(args, method: str, seed: int, scenes: str):
     from harl.config import load_yaml, parse_cfg
 
-    recipe = "byol.yaml" if method == "byol" else "harl.yaml"
+    recipe = "harl.yaml" if method.startswith("harl_") else f"{method}.yaml"
     over = [
         f"name=quality-{method}-s{seed}", f"seed={seed}", f"max_epochs={args.epochs}",
         f"backbone.kwargs.width={args.width}", f"optimizer.batch_size={args.batch}",
@@ -93,6 +106,7 @@ def pretrain_cfg(args, method: str, seed: int, scenes: str):
 
 
 def evaluate(args, scenes: str, ckpt: Optional[str], seed: int) -> Dict[str, float]:
+    from harl.eval.dense import dense_probe
     from harl.eval.knn_probe import knn_eval
     from harl.eval.linear import linear_probe
 
@@ -103,7 +117,11 @@ def evaluate(args, scenes: str, ckpt: Optional[str], seed: int) -> Dict[str, flo
     lin = linear_probe(ckpt, protocol="cached", head_norm="batchnorm", max_epochs=args.probe_epochs, seed=seed,
                        **arch, **common)
     knn = knn_eval(ckpt, seed=seed, **arch, **common)
-    return {"linear_top1": float(lin["top1"]), "knn_top1": float(knn["top1"])}
+    out = {"linear_top1": float(lin["top1"]), "knn_top1": float(knn["top1"])}
+    if "dense" in args.probes:
+        dense = dense_probe(ckpt, seed=seed, head_norm="batchnorm", **arch, **common)
+        out.update({"dense_miou": float(dense["miou"]), "dense_iou_fg": float(dense["iou_fg"])})
+    return out
 
 
 def load_results(path: str) -> Dict[tuple, dict]:
@@ -137,10 +155,13 @@ def run_cell(args, method: str, seed: int, scenes: str) -> dict:
 
 
 def summarize(rows: List[dict], extra: Dict[str, float], args) -> str:
+    cols = [("linear_top1", "linear top-1"), ("knn_top1", "kNN top-1")]
+    if "dense" in args.probes:
+        cols += [("dense_miou", "dense mIoU"), ("dense_iou_fg", "dense fg IoU")]
     lines = [f"fashion-scenes {args.train}/{args.test} at {args.size} px; ResNet-18 width {args.width}, CIFAR stem; "
              f"{args.epochs} epochs, batch {args.batch}; seeds {args.seeds}; mode {args.mode}", ""]
-    lines.append("| method | linear top-1 | kNN top-1 | seeds | pretrain min/run |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| method | " + " | ".join(c for _, c in cols) + " | seeds | pretrain min/run |")
+    lines.append("|---|" + "---|" * len(cols) + "---|---|")
     by: Dict[str, List[dict]] = {}
     for r in rows:
         by.setdefault(r["method"], []).append(r)
@@ -148,21 +169,26 @@ def summarize(rows: List[dict], extra: Dict[str, float], args) -> str:
     def ms(vals):
         return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
 
-    for m in METHODS:
+    for m in args.methods:
         if m in by:
             rs = by[m]
-            lines.append(f"| {m} | {ms([r['linear_top1'] for r in rs])} | {ms([r['knn_top1'] for r in rs])} | "
-                         f"{len(rs)} | {statistics.fmean(r['pretrain_s'] for r in rs) / 60:.1f} |")
-    for harl in ("harl_gt", "harl_felz"):
-        if harl in by and "byol" in by:
-            seeds = sorted({r["seed"] for r in by[harl]} & {r["seed"] for r in by["byol"]})
-            if seeds:
-                d_lin = [next(r["linear_top1"] for r in by[harl] if r["seed"] == s)
-                         - next(r["linear_top1"] for r in by["byol"] if r["seed"] == s) for s in seeds]
-                d_knn = [next(r["knn_top1"] for r in by[harl] if r["seed"] == s)
-                         - next(r["knn_top1"] for r in by["byol"] if r["seed"] == s) for s in seeds]
-                lines.append(f"\n{harl} − byol per seed {seeds}: linear {[round(d, 2) for d in d_lin]}, "
-                             f"kNN {[round(d, 2) for d in d_knn]}")
+            cells = [ms([r[k] for r in rs]) if all(k in r for r in rs) else "–" for k, _ in cols]
+            lines.append(f"| {m} | " + " | ".join(cells) +
+                         f" | {len(rs)} | {statistics.fmean(r['pretrain_s'] for r in rs) / 60:.1f} |")
+    base = args.base
+    for m in args.methods:
+        if m in ("random", base) or m not in by or base not in by:
+            continue
+        seeds = sorted({r["seed"] for r in by[m]} & {r["seed"] for r in by[base]})
+        if not seeds:
+            continue
+        diffs = []
+        for key, name in cols:
+            d = [next(r[key] for r in by[m] if r["seed"] == s) - next(r[key] for r in by[base] if r["seed"] == s)
+                 for s in seeds if key in by[m][0] and key in by[base][0]]
+            if d:
+                diffs.append(f"{name} {[round(x, 2) for x in d]} (mean {statistics.fmean(d):+.2f})")
+        lines.append(f"\n{m} − {base} per seed {seeds}: " + "; ".join(diffs))
     if extra:
         lines.append("\nfelzenszwalb masks vs ground truth (train split, per-image mean): "
                      + ", ".join(f"{k.split('_', 1)[1]} {v:.3f}" for k, v in extra.items()))
@@ -171,10 +197,11 @@ def summarize(rows: List[dict], extra: Dict[str, float], args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", choices=sorted(COMPARISONS), default="harl")
     ap.add_argument("--mode", choices=sorted(MODES), default="cpu")
     ap.add_argument("--out", default="runs/quality")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", choices=METHODS, help="rows (default: the comparison's)")
     ap.add_argument("--train", type=int, help="train scenes (mode default)")
     ap.add_argument("--test", type=int, help="test scenes (mode default)")
     ap.add_argument("--size", type=int)
@@ -192,6 +219,8 @@ def main(argv=None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, mode[key])
     args.trainer_overrides = mode["overrides"]
+    rows_default, args.base, args.probes = COMPARISONS[args.compare]
+    args.methods = args.methods or list(rows_default)
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "offline")
 

@@ -6,8 +6,10 @@ prefetches the first batches before any epoch hook runs, and a resumed process s
 different RNG state), so randomness is made a pure function of ``(seed, epoch, index)``:
 
 - :class:`EpochShuffleSampler` shuffles with a generator seeded by ``(seed, epoch)``, shards the
-  permutation across DDP ranks, and yields *keys* ``epoch·N + index``. It counts the epochs it has
-  started; :class:`SamplerState` (a Lightning callback) stores that counter in checkpoints.
+  permutation across DDP ranks, and yields *keys* ``epoch·N + index``. The epoch comes from
+  ``epoch_source`` (e.g. the trainer's restored ``current_epoch``) or, without one, from counting
+  the iterations it has started; :class:`SamplerState` (a Lightning callback) stores that counter
+  in checkpoints.
 - :class:`EpochSeededDataset` decodes a key and runs the wrapped dataset's ``__getitem__`` with the
   torch and python RNGs seeded from ``(seed, epoch, index)`` (forked, so the caller's RNG state is
   untouched). Results do not depend on the number of loader workers either.
@@ -16,7 +18,7 @@ different RNG state), so randomness is made a pure function of ``(seed, epoch, i
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 from lightning.pytorch import Callback
@@ -45,10 +47,12 @@ class EpochShuffleSampler(Sampler[int]):
     step). ``epoch`` is the number of epochs started so far; it advances when an iteration starts.
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True,
+                 epoch_source: Optional[Callable[[], int]] = None):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.shuffle = shuffle
+        self.epoch_source = epoch_source
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -66,33 +70,41 @@ class EpochShuffleSampler(Sampler[int]):
         return perm[: per_rank * world][rank()::world]
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch
-        self.epoch += 1
+        epoch = int(self.epoch_source()) if self.epoch_source is not None else self.epoch
+        self.epoch = epoch + 1
         base = epoch * self.num_samples
         return iter((base + self.indices(epoch)).tolist())
 
 
 class EpochSeededDataset(Dataset):
-    """Wraps a dataset; item ``key = epoch·N + index`` runs ``dataset[index]`` under seeded RNGs."""
+    """Wraps a dataset; item ``key = epoch·N + index`` runs ``dataset[index]`` under seeded RNGs.
 
-    def __init__(self, dataset: Dataset, seed: int):
+    ``seed_items=False`` only decodes the key (for datasets without randomness, e.g. cached features).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, seed_items: bool = True):
         self.dataset = dataset
         self.seed = int(seed)
+        self.seed_items = seed_items
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getattr__(self, name):  # expose the wrapped dataset's attributes (num_skipped, ...)
-        if name in ("dataset", "seed"):
+        if name in ("dataset", "seed", "seed_items"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.dataset))
+        if not self.seed_items:
+            return self.dataset[index]
         s = mix_seed(self.seed, epoch, index)
         py_state = random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+            # the CPU generator only: torch.manual_seed would also queue a lazy accelerator seeding
+            # call (it formats a stack trace) for every item
+            torch.random.default_generator.manual_seed(s)
             random.seed(s)
             try:
                 return self.dataset[index]

@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import warnings
 from typing import Any, Dict, List, Optional
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
+from harl.data.sampling import EpochSeededDataset, EpochShuffleSampler
 from harl.eval.runner import EVAL_MODES, EvalContext, build_datasets, cache_path_for, evaluate
 
 
@@ -277,8 +276,8 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
     cfg = ctx.cfg
     if ctx.resume_ckpt and _finished(ctx.resume_ckpt, module, int(cfg.max_epochs)):
         return module
-    if isinstance(getattr(train_loader, "sampler", None), EpochSampler):
-        train_loader.sampler.attach(module)
+    if isinstance(getattr(train_loader, "sampler", None), EpochShuffleSampler):
+        train_loader.sampler.epoch_source = lambda: module.trainer.current_epoch
     if ctx.resume_ckpt is not None:
         preserve_metrics_on_resume(ctx.run_dir)
     loggers: List[Any] = [CSVLogger(save_dir=ctx.run_dir, name="", version="")]
@@ -356,80 +355,17 @@ def summarize_history(history: List[Dict[str, Any]], primary: str, keys: Dict[st
 # ---------------------------------------------------------------------------------------------
 
 
-class EpochSampler(Sampler):
-    """Shuffled indices whose order depends only on (seed, epoch); yields ``(index, epoch)``.
-
-    The epoch is read from the attached module's trainer when the iterator is created, so a run
-    resumed at epoch e sees exactly the order (and, through :class:`SeededItems`, the augmentations)
-    of an uninterrupted run, whatever RNG draws happened before (Lightning creates the first
-    iterator of a resumed run before any epoch hook runs).
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = int(n), int(seed)
-        self.module: Optional[pl.LightningModule] = None
-
-    def attach(self, module: pl.LightningModule) -> None:
-        self.module = module
-
-    def epoch(self) -> int:
-        trainer = getattr(self.module, "_trainer", None) if self.module is not None else None
-        return int(trainer.current_epoch) if trainer is not None else 0
-
-    def __iter__(self):
-        epoch = self.epoch()
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 1009) % (2**63 - 1))
-        return iter([(int(i), epoch) for i in torch.randperm(self.n, generator=g)])
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class SeededItems(Dataset):
-    """Wraps a dataset: item ``(i, epoch)`` seeds torch / numpy / python ``random`` from (seed, epoch, i)
-    and returns ``dataset[i]``, so random augmentations depend on nothing else (workers, resume)."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed = dataset, int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            i, epoch = key
-            s = (self.seed * 1_000_003 + int(epoch) * 100_003 + int(i)) % (2**31 - 1)
-            # the CPU generator only: torch.manual_seed would also queue a lazy CUDA/XPU/MTIA seeding
-            # call (with a formatted stack) per item when no accelerator is initialised
-            torch.random.default_generator.manual_seed(s)
-            np.random.seed(s)
-            random.seed(s)
-            return self.dataset[int(i)]
-        return self.dataset[key]
-
-
-class _PairIndex(Dataset):
-    """Accepts the ``(index, epoch)`` keys of :class:`EpochSampler` for a deterministic dataset."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        return self.dataset[key[0] if isinstance(key, tuple) else key]
-
-
 def _loader(ds, cfg: DictConfig, shuffle: bool, drop_last: bool = False, workers: Optional[int] = None,
             random_items: bool = True) -> DataLoader:
-    """Train loaders (``shuffle``) use :class:`EpochSampler` (+ :class:`SeededItems` when the items are
-    randomly augmented, ``random_items``); val loaders are sequential."""
+    """Train loaders (``shuffle``) draw order and (with ``random_items``) augmentations from
+    (seed, epoch, index) (:mod:`harl.data.sampling`); the epoch is read from the probe's trainer when
+    each epoch starts (:func:`fit_probe` attaches it), so resumed runs repeat the uninterrupted run.
+    Val loaders are sequential."""
     workers = int(cfg.data.num_workers) if workers is None else workers
     sampler = None
     if shuffle:
-        sampler = EpochSampler(len(ds), int(cfg.seed))
-        ds = SeededItems(ds, int(cfg.seed)) if random_items else _PairIndex(ds)
+        sampler = EpochShuffleSampler(len(ds), int(cfg.seed))
+        ds = EpochSeededDataset(ds, int(cfg.seed), seed_items=random_items)
     return DataLoader(ds, batch_size=int(cfg.optimizer.batch_size), shuffle=False, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                       persistent_workers=False)
