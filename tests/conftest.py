@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from harl.eval.linear_config import set_dotted
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -36,11 +38,7 @@ def tiny_cfg(method: str = "byol", **over) -> dict:
         "performance": {"disable_channel_last": True},
     }
     for key, value in over.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        set_dotted(cfg, key, value)
     return cfg
 
 

@@ -131,3 +131,29 @@ def test_every_shipped_pretrain_config_validates():
     for path in paths:
         cfg = parse_cfg(load_yaml(path))
         assert cfg.method == os.path.splitext(os.path.basename(path))[0], path
+
+
+def test_harl_ablation_scripts_run_the_paper_grid(tmp_path):
+    """Each dataset's harl_ablation.sh runs its own harl.sh six times (mask loss α_base and hybrid loss
+    λ_base ∈ {0.3, 0.5, 0.7}) and passes the user's overrides to every run."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    scripts = sorted(glob.glob(os.path.join(repo, "scripts", "pretrain", "*", "harl_ablation.sh")))
+    assert {os.path.basename(os.path.dirname(p)) for p in scripts} >= {"imagenet", "imagenet-100", "fashion-scenes"}
+    shutil.copy(os.path.join(repo, "scripts", "_harl_ablation.sh"), tmp_path / "_harl_ablation.sh")
+    for script in scripts:
+        here = tmp_path / "pretrain" / os.path.basename(os.path.dirname(script))
+        here.mkdir(parents=True)
+        shutil.copy(script, here / "harl_ablation.sh")
+        (here / "harl.sh").write_text('echo "$*" >> "$(dirname "$0")/runs.txt"\n')
+        subprocess.run(["bash", str(here / "harl_ablation.sh"), "max_epochs=3"], check=True)
+        runs = (here / "runs.txt").read_text().splitlines()
+        expected = [f"method_kwargs.loss_type=mask method_kwargs.alpha_base={v} name=harl-ablation-mask-alpha{v} "
+                    "max_epochs=3" for v in ("0.3", "0.5", "0.7")]
+        expected += [f"method_kwargs.loss_type=hybrid method_kwargs.lambda_base={v} "
+                     f"name=harl-ablation-hybrid-lambda{v} max_epochs=3" for v in ("0.3", "0.5", "0.7")]
+        assert runs == expected, script

@@ -13,7 +13,7 @@ import pytest
 
 from harl.cli.linear import main
 from harl.config import ConfigError, load_yaml
-from harl.eval.linear_config import parse_linear_cfg, validate_linear_cfg
+from harl.eval.linear_config import parse_linear_cfg, set_dotted, validate_linear_cfg
 from tests.test_eval_pretrained import shared_tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,11 +31,7 @@ def raw(ckpt="dummy.ckpt", **over):
     cfg = {"name": "t", "pretrained_feature_extractor": ckpt,
            "data": {"dataset": "fashion_scenes", "train_path": "a", "val_path": "b"}}
     for k, v in over.items():
-        node = cfg
-        parts = k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
+        set_dotted(cfg, k, v)
     return cfg
 
 

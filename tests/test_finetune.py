@@ -32,6 +32,7 @@ from harl.eval.subsets import (
     subset_summary,
     write_subset_list,
 )
+from harl.eval.linear_config import set_dotted
 from tests.test_finetune_fixtures import fake_pretrain_run, write_image_folder
 
 
@@ -285,11 +286,7 @@ def _cfg(ckpt, data, **over):
         "channels_last": False,
     }
     for k, v in over.items():
-        node = cfg
-        parts = k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
+        set_dotted(cfg, k, v)
     return cfg
 
 

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from harl.checkpoint import atomic_torch_save, atomic_write_text
 from harl.config import FREE, REQUIRED, ConfigError, check_schema, choice
+from harl.eval.linear_config import check_eval_augmentations
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -177,12 +178,7 @@ def validate_finetune_cfg(cfg: Any) -> DictConfig:
         raise ConfigError("config key 'optimizer.accumulate_grad_batches' must be >= 1")
     if int(out["scheduler"]["warmup_epochs"]) < 0:
         raise ConfigError("config key 'scheduler.warmup_epochs' must be >= 0")
-    aug = out["data"]["augmentations"]
-    for key in ("mean", "std"):
-        if aug[key] is not None and (not isinstance(aug[key], list) or len(aug[key]) != 3):
-            raise ConfigError(f"config key 'data.augmentations.{key}' must be a list of 3 numbers, got {aug[key]!r}")
-    if aug["crop_size"] is not None and int(aug["crop_size"]) < 1:
-        raise ConfigError("config key 'data.augmentations.crop_size' must be >= 1")
+    check_eval_augmentations(out["data"]["augmentations"])
     return OmegaConf.create(out)
 
 
@@ -350,6 +346,15 @@ def train_classifier(model: nn.Module, dataset: Dataset, *, epochs: int, lr: flo
                           weight_decay=weight_decay)
     use_scaler = device.type == "cuda" and PRECISIONS[str(precision)] == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
+
+    def optimizer_step() -> None:
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
     batches_per_epoch = len(dataset) // batch_size + (1 if len(dataset) % batch_size > 1 else 0)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / accumulate))
     total_steps = steps_per_epoch * epochs
@@ -401,24 +406,14 @@ def train_classifier(model: nn.Module, dataset: Dataset, *, epochs: int, lr: flo
             (scaler.scale(loss / accumulate) if scaler else loss / accumulate).backward()
             micro += 1
             if micro % accumulate == 0:
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step()
                 step += 1
             loss_sum += float(loss.detach()) * x.shape[0]
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += int(x.shape[0])
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr_now:.3g}")
         if micro % accumulate != 0:  # flush a partial accumulation at the end of the epoch
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step()
             step += 1
         row = {"epoch": epoch, "step": step, "lr": lr_now, "train_loss": loss_sum / max(1, seen),
                "train_acc1": 100.0 * correct / max(1, seen)}

@@ -203,7 +203,11 @@ def _check_values(out: dict) -> None:
         raise ConfigError("mode=knn evaluates frozen features; finetune=true does not apply")
     if out["scheduler"]["name"] == "step" and out["scheduler"]["lr_decay_steps"] is None:
         raise ConfigError("scheduler.name=step needs scheduler.lr_decay_steps (epochs, e.g. [60, 80])")
-    aug = out["data"]["augmentations"]
+    check_eval_augmentations(out["data"]["augmentations"])
+
+
+def check_eval_augmentations(aug: Dict[str, Any]) -> None:
+    """Value checks of an evaluation config's ``data.augmentations`` (shared by linear and fine-tuning)."""
     for key in ("mean", "std"):
         if aug[key] is not None and (not isinstance(aug[key], list) or len(aug[key]) != 3):
             raise ConfigError(f"config key 'data.augmentations.{key}' must be a list of 3 numbers, got {aug[key]!r}")
