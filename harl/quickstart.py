@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "scripts", "pretrain", "fashion-scenes")
 
 #: chosen by measurement on 2 CPU cores (docs/benchmarks.md, "Quickstart budget")
-DEFAULTS = {"method": "harl", "epochs": 8, "train": 10000, "test": 2000, "size": 32, "width": 16,
+DEFAULTS = {"method": "harl", "epochs": 6, "train": 10000, "test": 2000, "size": 32, "width": 16,
             "batch": 256, "workers": 2}
 
 

@@ -184,3 +184,16 @@ def test_report_cli_and_errors(fixture_runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "r3")]) == 2
     assert "no pretraining run" in capsys.readouterr().err
+
+
+def test_random_init_probes_of_one_seed_are_one_sample(tmp_path):
+    """A random-init backbone probed twice (linear and kNN, as the quickstart does) is one seed, and
+    a second init seed makes a second sample."""
+    for i, (mode, top1, seed) in enumerate([("linear", 18.0, 0), ("knn", 15.0, 0), ("linear", 20.0, 1)]):
+        _dump(str(tmp_path / f"r{i}" / "results.json"),
+              {"mode": mode, "top1": top1, "pretrained": {"random_init": True}, "config": {"seed": seed}})
+    runs, results, _ = discover([str(tmp_path)])
+    _, rows = method_table(runs, results)
+    label, n_seeds, cells = rows[0]
+    assert label == "random init (baseline)" and n_seeds == 2
+    assert cells["linear top-1"].text() == "19.0 ± 1.4" and cells["kNN top-1"].text() == "15.0"

@@ -254,6 +254,8 @@ def results_from_object(obj: Dict[str, Any], path: str, mtime: float = 0.0,
     run = obj.get("pretrain_run") or (os.path.dirname(ppath) if ppath else None)
     if _is_random_init(obj):
         method = RANDOM_INIT
+        if seed is None and isinstance(cfg.get("seed"), int) and not isinstance(cfg.get("seed"), bool):
+            seed = int(cfg["seed"])  # the random backbone's init seed: its linear and kNN results are one sample
     for column, value, top5 in _columns(obj):
         out.append(Result(path, column, value, str(obj.get("mode") or "linear"), str(method), seed, dataset,
                           run, top5, mtime, {k: obj.get(k) for k in ("lr", "penalty", "subset_label") if k in obj}))
