@@ -41,11 +41,18 @@ sys.path.insert(0, ROOT)
 
 RECIPES = os.path.join(ROOT, "scripts", "pretrain", "fashion-scenes")
 #: comparison → (rows, base method for the paired differences, probes)
+#: every comparison also runs ``random`` (the floor) and ``supervised`` (the ceiling)
 COMPARISONS = {
-    "harl": (("random", "byol", "harl_gt", "harl_felz"), "byol", ("linear", "knn")),
-    "hapicl": (("random", "simclr", "hapicl_simclr"), "simclr", ("linear", "knn", "dense")),
-    "sgm": (("random", "mocov2plus", "sgm_mocov2"), "mocov2plus", ("linear", "knn")),
+    "harl": (("byol", "harl_gt", "harl_felz"), "byol", ("linear", "knn")),
+    "hapicl": (("simclr", "hapicl_simclr"), "simclr", ("linear", "knn", "dense")),
+    "hapicl_mocov2plus": (("mocov2plus", "hapicl_mocov2plus"), "mocov2plus", ("linear", "knn", "dense")),
+    "hapicl_byol": (("byol", "hapicl_byol"), "byol", ("linear", "knn", "dense")),
+    "sgm": (("mocov2plus", "sgm_mocov2"), "mocov2plus", ("linear", "knn")),
+    "sgm_simclr": (("simclr", "sgm_simclr"), "simclr", ("linear", "knn")),
+    "baselines": (("byol", "simclr", "mocov2plus"), "byol", ("linear", "knn")),
 }
+FLOOR, CEILING = "random", "supervised"
+COMPARISONS = {k: ((FLOOR, CEILING) + rows, base, probes) for k, (rows, base, probes) in COMPARISONS.items()}
 METHODS = tuple(dict.fromkeys(m for rows, _, _ in COMPARISONS.values() for m in rows))
 
 #: budgets: (scenes train/test, image size, ResNet-18 width, epochs, batch, extra trainer overrides)
@@ -68,7 +75,7 @@ def build_data(args) -> str:
     if not os.path.isfile(os.path.join(out, "meta.json")):
         log(f"building fashion-scenes ({args.train} train / {args.test} test, {args.size} px) in {out}")
     params = FashionScenesParams(n_train=args.train, n_test=args.test, size=args.size, seed=args.data_seed)
-    generate_fashion_scenes(out, params, workers=args.workers, progress=False, fmnist_root=args.fashion_mnist)
+    generate_fashion_scenes(out, params, workers=max(1, args.workers), progress=False, fmnist_root=args.fashion_mnist)
     return out
 
 
@@ -96,7 +103,7 @@ def pretrain_cfg(args, method: str, seed: int, scenes: str):
         f"backbone.kwargs.width={args.width}", f"optimizer.batch_size={args.batch}",
         f"data.train_path={scenes}", f"data.val_path={scenes}", f"data.num_workers={args.workers}",
         f"checkpoint.dir={os.path.join(args.out, 'trained_models', method)}", "auto_resume.enabled=True",
-        "enable_progress_bar=False", "enable_model_summary=False", "knn_eval.enabled=False",
+        "enable_progress_bar=False", "enable_model_summary=False", "knn_eval.enabled=True",
         "scheduler.warmup_epochs=1",
     ] + list(args.trainer_overrides)
     if method == "harl_felz":
@@ -135,6 +142,37 @@ def load_results(path: str) -> Dict[tuple, dict]:
     return rows
 
 
+#: per-epoch curves read back from a run's metrics.csv: the online classifier and the kNN monitor
+CURVE_KEYS = ("val_acc1", "val_knn_acc1")
+
+
+def read_curves(run_dir: str) -> Dict[str, List[float]]:
+    """Epoch-level validation curves of one pretraining run (``metrics.csv`` of its CSV logger).
+
+    Returns ``{"epoch": [...], "val_acc1": [...], "val_knn_acc1": [...]}`` (a key is missing when the
+    run never logged it). For ``supervised`` ``val_acc1`` is the trained classifier itself; for the
+    SSL methods it is the online linear probe on detached features.
+    """
+    import csv
+
+    path = os.path.join(run_dir, "metrics.csv")
+    by_epoch: Dict[int, Dict[str, float]] = {}
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("epoch") in (None, ""):
+                    continue
+                for key in CURVE_KEYS:
+                    if row.get(key) not in (None, ""):
+                        by_epoch.setdefault(int(float(row["epoch"])), {})[key] = float(row[key])
+    epochs = sorted(by_epoch)
+    out: Dict[str, List[float]] = {"epoch": [e + 1 for e in epochs]}
+    for key in CURVE_KEYS:
+        if epochs and all(key in by_epoch[e] for e in epochs):
+            out[key] = [by_epoch[e][key] for e in epochs]
+    return out
+
+
 def run_cell(args, method: str, seed: int, scenes: str) -> dict:
     import torch
 
@@ -142,16 +180,66 @@ def run_cell(args, method: str, seed: int, scenes: str) -> dict:
 
     torch.manual_seed(seed)
     t0 = time.time()
-    ckpt = None
-    if method != "random":
+    ckpt, curves = None, {}
+    if method != FLOOR:
         log(f"pretraining {method}, seed {seed}, {args.epochs} epochs")
         res = pretrain(pretrain_cfg(args, method, seed, scenes))
         ckpt = res.last_checkpoint
+        curves = read_curves(res.run_dir)
     t1 = time.time()
+    cpu0 = time.process_time()
     log(f"evaluating {method}, seed {seed}")
     metrics = evaluate(args, scenes, ckpt, seed)
     return {"method": method, "seed": seed, **metrics, "pretrain_s": round(t1 - t0, 1),
-            "eval_s": round(time.time() - t1, 1), "checkpoint": ckpt}
+            "eval_s": round(time.time() - t1, 1), "checkpoint": ckpt, "curves": curves,
+            "load_avg": round(os.getloadavg()[0], 2), "eval_cpu_s": round(time.process_time() - cpu0, 1)}
+
+
+def gap_closed(value: float, floor: float, ceiling: float) -> Optional[float]:
+    """Fraction of the floor→ceiling gap a method closes: (value − floor) / (ceiling − floor).
+
+    0 = no better than a random-init backbone, 1 = as good as training with labels; None when the
+    ceiling does not lie above the floor (the fraction would be meaningless).
+    """
+    if ceiling <= floor:
+        return None
+    return (value - floor) / (ceiling - floor)
+
+
+def plot_curves(rows: List[dict], methods: List[str], path: str) -> Optional[str]:
+    """One panel per curve key: seed-mean per-epoch curve of every method (a PNG at ``path``)."""
+    series = {}
+    for m in methods:
+        runs = [r["curves"] for r in rows if r["method"] == m and r.get("curves", {}).get("epoch")]
+        for key in CURVE_KEYS:
+            ok = [c for c in runs if key in c]
+            if ok:
+                n = min(len(c["epoch"]) for c in ok)
+                series.setdefault(key, {})[m] = (ok[0]["epoch"][:n],
+                                                 [statistics.fmean(c[key][i] for c in ok) for i in range(n)])
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {"val_acc1": "online classifier top-1 (val)", "val_knn_acc1": "kNN top-1 (val)"}
+    fig, axes = plt.subplots(1, len(series), figsize=(5.5 * len(series), 4), squeeze=False)
+    for ax, (key, by_m) in zip(axes[0], sorted(series.items())):
+        for m, (ep, ys) in by_m.items():
+            ax.plot(ep, ys, marker="o", ms=3, label=m)
+        ax.set_title(titles.get(key, key))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def summarize(rows: List[dict], extra: Dict[str, float], args) -> str:
@@ -169,15 +257,48 @@ def summarize(rows: List[dict], extra: Dict[str, float], args) -> str:
     def ms(vals):
         return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
 
+    def mean_of(m, key):
+        rs = by.get(m, [])
+        return statistics.fmean(r[key] for r in rs) if rs and all(key in r for r in rs) else None
+
     for m in args.methods:
         if m in by:
             rs = by[m]
             cells = [ms([r[k] for r in rs]) if all(k in r for r in rs) else "–" for k, _ in cols]
-            lines.append(f"| {m} | " + " | ".join(cells) +
+            label = {FLOOR: f"{m} (floor)", CEILING: f"{m} (ceiling)"}.get(m, m)
+            lines.append(f"| {label} | " + " | ".join(cells) +
                          f" | {len(rs)} | {statistics.fmean(r['pretrain_s'] for r in rs) / 60:.1f} |")
+    if FLOOR in by and CEILING in by:
+        lines.append("\nfraction of the floor→ceiling gap closed, (method − floor) / (ceiling − floor), on seed means:")
+        lines.append("\n| method | " + " | ".join(c for _, c in cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for m in args.methods:
+            if m in (FLOOR, CEILING) or m not in by:
+                continue
+            cells = []
+            for key, _ in cols:
+                v, lo, hi = mean_of(m, key), mean_of(FLOOR, key), mean_of(CEILING, key)
+                g = gap_closed(v, lo, hi) if None not in (v, lo, hi) else None
+                cells.append("–" if g is None else f"{g:.2f}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        # the margin the learning-evidence target asks for: beat the floor by > 2 × the larger seed std
+        for m in args.methods:
+            if m in (FLOOR, CEILING) or m not in by or len(by[m]) < 2 or len(by[FLOOR]) < 2:
+                continue
+            verdicts = []
+            for key, name in cols[:2]:
+                if not all(key in r for r in by[m] + by[FLOOR]):
+                    continue
+                sd = max(statistics.stdev(r[key] for r in by[m]), statistics.stdev(r[key] for r in by[FLOOR]))
+                lo = mean_of(FLOOR, key)
+                every = all(r[key] - lo > 2 * sd for r in by[m])
+                verdicts.append(f"{name} {mean_of(m, key) - lo:+.2f} vs 2·sd {2 * sd:.2f} "
+                                f"({'every seed above' if every else 'NOT every seed above'})")
+            if verdicts:
+                lines.append(f"\n{m} − floor: " + "; ".join(verdicts))
     base = args.base
     for m in args.methods:
-        if m in ("random", base) or m not in by or base not in by:
+        if m in (FLOOR, CEILING, base) or m not in by or base not in by:
             continue
         seeds = sorted({r["seed"] for r in by[m]} & {r["seed"] for r in by[base]})
         if not seeds:
@@ -213,6 +334,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--fashion-mnist", default=None, help="folder of the Fashion-MNIST IDX files")
     ap.add_argument("--override", action="append", default=[], help="extra pretraining override key=value")
+    ap.add_argument("--report-only", action="store_true",
+                    help="tabulate the finished cells of <out>/results.jsonl; train and evaluate nothing")
     args = ap.parse_args(argv)
     mode = MODES[args.mode]
     for key in ("train", "test", "size", "width", "epochs", "batch", "workers"):
@@ -224,11 +347,13 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "offline")
 
-    scenes = build_data(args)
-    extra = build_felz_masks(args, scenes) if "harl_felz" in args.methods else {}
     results_path = os.path.join(args.out, "results.jsonl")
     done = load_results(results_path)
-    for seed in args.seeds:
+    extra: Dict[str, float] = {}
+    if not args.report_only:
+        scenes = build_data(args)
+        extra = build_felz_masks(args, scenes) if "harl_felz" in args.methods else {}
+    for seed in args.seeds if not args.report_only else ():
         for method in args.methods:
             if (method, seed) in done:
                 continue
@@ -243,6 +368,9 @@ def main(argv=None) -> int:
     from harl.utils.io import atomic_write_text
 
     atomic_write_text(os.path.join(args.out, "results.md"), table + "\n")
+    fig = plot_curves(rows, args.methods, os.path.join(args.out, "curves.png"))
+    if fig:
+        log(f"per-epoch curves: {fig}")
     return 0
 
 

@@ -473,6 +473,7 @@ def test_config_from_kwargs_and_errors():
         sgm_mask_batch(x, torch.ones(2, 7, 7, dtype=torch.bool), SGMMaskConfig(), "negg")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_matches_cpu_with_cpu_generator():
     x = torch.rand(4, 3, 64, 64, generator=gen(25))
