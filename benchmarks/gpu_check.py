@@ -407,8 +407,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quality-methods", nargs="+", default=["random", "supervised", "byol", "harl_gt"])
     ap.add_argument("--loader-workers", type=int, default=None, help="default: all cores but two")
     ap.add_argument("--fashion-mnist", default=None, help="folder of the Fashion-MNIST IDX files")
+    ap.add_argument("--batch", type=int, help="throughput batch size (default: 64; dry run 4)")
+    ap.add_argument("--steps", type=int, help="throughput timed steps (default: 100)")
+    ap.add_argument("--warmup", type=int, help="throughput warm-up steps (default: 10)")
     args = ap.parse_args(argv)
-    args.sizes = DRY if args.dry_run else FULL
+    args.sizes = dict(DRY if args.dry_run else FULL)
+    for key in ("batch", "steps", "warmup"):
+        if getattr(args, key) is not None:
+            args.sizes[key] = getattr(args, key)
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "offline")
     report = Report(os.path.join(args.out, "gpu_check.md"))
@@ -426,8 +432,10 @@ def main(argv=None) -> int:
         left = args.budget_s - (time.time() - start)
         later = [n for n in args.sections[args.sections.index(name) + 1:]]
         reserve = sum(SHARES.get(n, 0.0) for n in later) * args.budget_s
-        ctx["deadline"] = max(1.0, min(left - reserve, SHARES.get(name, 1.0) * args.budget_s)
-                              if name != "quality" else left - 5)
+        if name == "quality" or not later:  # the last section takes whatever is left
+            ctx["deadline"] = max(1.0, left - 5)
+        else:
+            ctx["deadline"] = max(1.0, min(left - reserve, SHARES.get(name, 1.0) * args.budget_s))
         if name == "quality" and left < 30:
             report.add(name, "skipped: no time left in the budget", {"skipped": True})
             continue

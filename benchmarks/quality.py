@@ -118,7 +118,7 @@ def evaluate(args, scenes: str, ckpt: Optional[str], seed: int) -> Dict[str, flo
     from harl.eval.linear import linear_probe
 
     common = dict(dataset="fashion_scenes", train_path=scenes, val_path=scenes, progress=False,
-                  out_dir=os.path.join(args.out, "eval"))
+                  out_dir=os.path.join(args.out, "eval"), overrides={"data.num_workers": args.workers})
     arch = {} if ckpt else {"backbone": "resnet18", "backbone_kwargs": {"width": args.width, "cifar_stem": True},
                             "random_init": True}
     lin = linear_probe(ckpt, protocol="cached", head_norm="batchnorm", max_epochs=args.probe_epochs, seed=seed,

@@ -65,7 +65,7 @@ def _batch(method: str, device: str, b: int = 8, size: int = 32):
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 @pytest.mark.parametrize("method", METHODS_UNDER_TEST)
 def test_training_steps_on_gpu(method, precision):
-    from lightning.pytorch import Trainer
+    from lightning.pytorch import Callback, Trainer
 
     from benchmarks.common import InMemoryLoader
     from harl.methods import METHODS
@@ -73,11 +73,20 @@ def test_training_steps_on_gpu(method, precision):
     torch.manual_seed(0)
     model = METHODS.get(method)(_cfg(method, "gpu", precision, channels_last=True))
     before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    seen = []
+
+    class DeviceProbe(Callback):  # Lightning moves the model back to the CPU after fit: look during it
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            seen.append((next(pl_module.backbone.parameters()).device.type, float(loss)))
+
     trainer = Trainer(max_steps=3, accelerator="gpu", devices=1, precision=precision, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[DeviceProbe()])
     trainer.fit(model, InMemoryLoader([_batch(method, "cuda")] * 3))
     after = model.backbone.state_dict()
-    assert next(model.backbone.parameters()).device.type == "cuda"
+    assert [d for d, _ in seen] == ["cuda"] * 3
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in seen), seen
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     changed = [k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k].to(v.device))]
     assert changed, f"{method}: no backbone weight changed in 3 steps"
