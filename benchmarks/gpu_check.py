@@ -111,7 +111,6 @@ def section_env(args, ctx) -> tuple:
         info.update({"gpu": p.name, "gpu_mem_gib": round(p.total_memory / 2**30, 1),
                      "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda,
                      "cudnn": torch.backends.cudnn.version(), "bf16": torch.cuda.is_bf16_supported()})
-    ctx["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     text = "\n".join(f"- {k}: {v}" for k, v in info.items())
     return text, info
 
@@ -422,12 +421,13 @@ def main(argv=None) -> int:
     ctx: Dict[str, Any] = {"device": "cpu"}
     report.data["run"] = {"dry_run": args.dry_run, "budget_s": args.budget_s, "sections": args.sections,
                           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    if not args.dry_run:
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            print("gpu_check: no CUDA device here; use --dry-run on a CPU machine", file=sys.stderr)
-            return 2
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; use --dry-run on a CPU machine", file=sys.stderr)
+        return 2
+    # decided here, not in the env section, so that any subset of sections runs on the right device
+    ctx["device"] = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     for name in args.sections:
         left = args.budget_s - (time.time() - start)
         later = [n for n in args.sections[args.sections.index(name) + 1:]]
