@@ -19,7 +19,7 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 NAME = "harl_resnet18_fashion_scenes"
 CFG = {"name": "harl-r18", "method": "harl", "backbone": {"name": "resnet18", "kwargs": {"width": 16}},
        "data": {"dataset": "fashion_scenes", "train_path": "datasets/fashion-scenes"}, "max_epochs": 10,
-       "optimizer": {"name": "lars", "lr": 1.0}}
+       "optimizer": {"name": "lars", "lr": 1.0}, "augmentations": [{"crop_size": 32, "num_crops": 2}]}
 
 
 def _run(root, seed, cfg=CFG, epoch=9):
@@ -83,6 +83,7 @@ def test_add_writes_verified_fp16_file_and_regenerates_readme(zoo):
     assert (e.method, e.backbone, e.dataset, e.epochs) == ("harl", "resnet18", "fashion_scenes", 10)
     assert e.backbone_kwargs == {"width": 16, "cifar_stem": True}
     assert e.config == CFG  # the exact config from args.json
+    assert (e.input_size, e.mean, e.std) == (32, [0.4773, 0.4175, 0.3989], [0.2261, 0.2083, 0.2179])
     assert e.metrics == {"linear_top1": 41.5, "knn_top1": 38.25, "dense_miou": 52.0}
     assert e.hardware == {"device": "NVIDIA H100 80GB", "hours": 0.5, "count": 1}
     assert m.get("byol_r18_tiny").epochs == 5 and m.get("byol_r18_tiny").method == "byol"

@@ -25,6 +25,7 @@ ENTRY = {
     "format": "safetensors", "dtype": "float16", "size": 23_400_000, "sha256": "ab" * 32,
     "file": "weights/harl_resnet18_demo.safetensors", "urls": ["https://example.org/a.safetensors"],
     "license": "CC-BY-4.0", "hardware": {"device": "NVIDIA H100 80GB", "count": 1, "hours": 0.25},
+    "input_size": 32, "mean": [0.4773, 0.4175, 0.3989], "std": [0.2261, 0.2083, 0.2179],
 }
 
 
@@ -97,6 +98,9 @@ def test_defaults_and_optional_fields():
     (lambda e: e.pop("sha256"), "missing required key 'sha256'"),
     (lambda e: e.update(license=None), "missing required key 'license'"),
     (lambda e: e.update(sha256="AB" * 32), "64 lowercase hex"),
+    (lambda e: e.update(input_size=0), "'input_size' must be an integer ≥ 1"),
+    (lambda e: e.update(mean=[0.5, 0.5]), "'mean' must be a list of 3 numbers"),
+    (lambda e: e["config"].update(data={"train_path": "/data/scenes"}), "absolute paths.*config.data.train_path"),
     (lambda e: e.update(name="harl-r18"), "Python identifier"),
     (lambda e: e.update(epochs=-1), "'epochs' must be an integer"),
     (lambda e: e.update(size=True), "'size' must be an integer"),

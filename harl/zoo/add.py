@@ -11,9 +11,10 @@ import datetime
 import hashlib
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from harl.zoo.manifest import Manifest, ManifestError, ZooEntry, load_manifest, save_manifest, validate_metrics
+from harl.zoo.manifest import (Manifest, ManifestError, ZooEntry, load_manifest, save_manifest, scrub_paths,
+                               validate_metrics)
 
 #: files kept in the repository must stay small (issue 7: fp16 resnet18 ≈ 23 MB)
 MAX_REPO_BYTES = 25_000_000
@@ -52,6 +53,26 @@ def epochs_trained(checkpoint: str, config: Mapping[str, Any]) -> int:
     if isinstance(config.get("max_epochs"), int):
         return int(config["max_epochs"])
     raise ManifestError(f"cannot tell how many epochs '{checkpoint}' was trained: give --epochs")
+
+
+def input_spec(cfg: Mapping[str, Any], dataset: str) -> Tuple[int, List[float], List[float]]:
+    """(input side in px, RGB mean, RGB std) the backbone was trained with: the first pretraining
+    pipeline's crop size and normalisation (its own ``mean``/``std`` if set, else the dataset's,
+    else ImageNet's for an unregistered dataset)."""
+    from harl.data.registry import DATASETS, IMAGENET_MEAN, IMAGENET_STD
+
+    augs = cfg.get("augmentations") or [{}]
+    first = augs[0] if isinstance(augs, list) and augs else {}
+    size = first.get("crop_size")
+    if not isinstance(size, int):
+        raise ManifestError("the config's augmentations[0].crop_size is missing: cannot record the input size")
+    if dataset in DATASETS:
+        mean, std = DATASETS.get(dataset).stats()
+    else:
+        mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+    mean = first.get("mean") or mean
+    std = first.get("std") or std
+    return size, [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
 def add_entry(checkpoint: str, name: str, metrics: Mapping[str, Any], license: str,
@@ -104,9 +125,11 @@ def add_entry(checkpoint: str, name: str, metrics: Mapping[str, Any], license: s
         raise ManifestError(f"'{out}' read back as {check.backbone} {check.kwargs}, not {weights.backbone} "
                             f"{weights.kwargs}")
 
+    input_size, mean, std = input_spec(cfg, str(dataset))
     entry = ZooEntry(
         name=name, method=str(method), backbone=weights.backbone, dataset=str(dataset), epochs=int(epochs),
-        config=json.loads(json.dumps(cfg, default=str)), metrics=metrics, size=len(data),
+        config=scrub_paths(json.loads(json.dumps(cfg, default=str))), metrics=metrics, size=len(data),
+        input_size=input_size, mean=mean, std=std,
         sha256=hashlib.sha256(data).hexdigest(), license=license, backbone_kwargs=dict(weights.kwargs),
         format="safetensors", dtype=DTYPE, file=rel if local else None, urls=list(urls),
         hardware=dict(hardware) if hardware else None, notes=notes,

@@ -53,7 +53,7 @@ ENTRY_KEYS: Dict[str, bool] = {
     "name": True, "method": True, "backbone": True, "backbone_kwargs": False, "dataset": True,
     "epochs": True, "config": True, "metrics": True, "format": False, "dtype": False, "size": True,
     "sha256": True, "file": False, "urls": False, "license": True, "hardware": False, "notes": False,
-    "created": False,
+    "created": False, "input_size": True, "mean": True, "std": True,
 }
 #: metric names (percent, 0–100); ``extra`` holds any other named metric
 METRIC_KEYS = ("linear_top1", "linear_top5", "knn_top1", "knn_top5", "dense_miou", "extra")
@@ -102,6 +102,11 @@ class ZooEntry:
     hardware: Optional[Dict[str, Any]] = None
     notes: Optional[str] = None
     created: Optional[str] = None
+    #: what a downstream user needs to feed the backbone: square input side (px) and the RGB
+    #: normalisation the backbone was trained with
+    input_size: int = 224
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     #: folder of the manifest this entry came from (``file`` is relative to it); not serialised
     root: str = field(default="", repr=False, compare=False)
 
@@ -204,6 +209,47 @@ def validate_metrics(metrics: Any, where: str = "metrics") -> Dict[str, Any]:
     return dict(metrics)
 
 
+def _looks_absolute(value: str) -> bool:
+    """A path of some machine: POSIX ``/...``, home ``~...``, Windows ``C:\\...`` or ``\\\\server``."""
+    v = value.strip()
+    return v.startswith(("/", "~", "\\\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", v))
+
+
+def absolute_paths(obj: Any, where: str = "") -> List[str]:
+    """Every string inside ``obj`` (nested mappings / lists) that is an absolute path, as
+    ``'dotted.key = value'`` lines. URLs are not paths."""
+    found: List[str] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            found += absolute_paths(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found += absolute_paths(v, f"{where}[{i}]")
+    elif isinstance(obj, str) and _looks_absolute(obj):
+        found.append(f"{where} = {obj!r}")
+    return found
+
+
+#: how :func:`scrub_paths` rewrites an absolute path, by the key that holds it
+_PATH_PLACEHOLDERS = {"train_path": "./datasets/{base}", "val_path": "./datasets/{base}", "root": "./masks/{base}",
+                      "val_root": "./masks/{base}", "dir": "./trained_models"}
+
+
+def scrub_paths(obj: Any, key: str = "") -> Any:
+    """A copy of ``obj`` with every absolute path replaced by a relative placeholder: data paths
+    become ``./datasets/<last folder>``, mask roots ``./masks/<last folder>``, checkpoint folders
+    ``./trained_models``, anything else ``./<last component>``. A published config then says what
+    was used without naming the machine it was trained on."""
+    if isinstance(obj, Mapping):
+        return {k: scrub_paths(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub_paths(v, key) for v in obj]
+    if isinstance(obj, str) and _looks_absolute(obj):
+        base = os.path.basename(obj.rstrip("/\\")) or "path"
+        return _PATH_PLACEHOLDERS.get(key, "./{base}").format(base=base)
+    return obj
+
+
 def _check_entry(raw: Any, index: int, path: str) -> Dict[str, Any]:
     where = f"{path}: entries[{index}]"
     if not isinstance(raw, Mapping):
@@ -253,6 +299,19 @@ def _check_entry(raw: Any, index: int, path: str) -> Dict[str, Any]:
         raise _err(where, f"'file' must be a path relative to the manifest's folder, got {file!r}")
     if not file and not urls:
         raise _err(where, "needs a 'file' (in the repository) or one or more 'urls'")
+    size = raw["input_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise _err(where, f"'input_size' must be an integer ≥ 1 (the input side in pixels), got {size!r}")
+    for key in ("mean", "std"):
+        v = raw[key]
+        if not isinstance(v, list) or len(v) != 3 or not all(_is_number(x) for x in v) \
+                or (key == "std" and not all(x > 0 for x in v)):
+            raise _err(where, f"'{key}' must be a list of 3 numbers (RGB{', each > 0' if key == 'std' else ''}), "
+                              f"got {v!r}")
+    leaked = absolute_paths({k: raw.get(k) for k in ("config", "notes", "backbone_kwargs")})
+    if leaked:
+        raise _err(where, "names absolute paths of the machine that trained it (record them relative, "
+                          "e.g. with harl.zoo.manifest.scrub_paths): " + "; ".join(leaked[:5]))
     hw = raw.get("hardware")
     if hw is not None:
         _check_keys(hw, HARDWARE_KEYS, f"{where}: hardware")
