@@ -52,6 +52,8 @@ COMPARISONS = {
     "baselines": (("byol", "simclr", "mocov2plus"), "byol", ("linear", "knn")),
 }
 FLOOR, CEILING = "random", "supervised"
+#: test split with the test scenes on background photos never used for training
+UNSEEN_SPLIT = "test_unseen_photo"
 COMPARISONS = {k: ((FLOOR, CEILING) + rows, base, probes) for k, (rows, base, probes) in COMPARISONS.items()}
 METHODS = tuple(dict.fromkeys(m for rows, _, _ in COMPARISONS.values() for m in rows))
 
@@ -74,7 +76,8 @@ def build_data(args) -> str:
     out = os.path.join(args.out, "fashion-scenes")
     if not os.path.isfile(os.path.join(out, "meta.json")):
         log(f"building fashion-scenes ({args.train} train / {args.test} test, {args.size} px) in {out}")
-    params = FashionScenesParams(n_train=args.train, n_test=args.test, size=args.size, seed=args.data_seed)
+    params = FashionScenesParams(n_train=args.train, n_test=args.test, size=args.size, seed=args.data_seed,
+                                 test_variants=("unseen_photo",))
     generate_fashion_scenes(out, params, workers=max(1, args.workers), progress=False, fmnist_root=args.fashion_mnist)
     return out
 
@@ -125,6 +128,12 @@ def evaluate(args, scenes: str, ckpt: Optional[str], seed: int) -> Dict[str, flo
                        **arch, **common)
     knn = knn_eval(ckpt, seed=seed, **arch, **common)
     out = {"linear_top1": float(lin["top1"]), "knn_top1": float(knn["top1"])}
+    unseen = os.path.join(scenes, "images", UNSEEN_SPLIT)
+    if os.path.isdir(unseen):  # the same probes, tested on scenes whose backgrounds training never saw
+        u = dict(common, val_path=unseen)
+        out["unseen_linear_top1"] = float(linear_probe(ckpt, protocol="cached", head_norm="batchnorm",
+                                                       max_epochs=args.probe_epochs, seed=seed, **arch, **u)["top1"])
+        out["unseen_knn_top1"] = float(knn_eval(ckpt, seed=seed, **arch, **u)["top1"])
     if "dense" in args.probes:
         dense = dense_probe(ckpt, seed=seed, head_norm="batchnorm", **arch, **common)
         out.update({"dense_miou": float(dense["miou"]), "dense_iou_fg": float(dense["iou_fg"])})
@@ -244,6 +253,8 @@ def plot_curves(rows: List[dict], methods: List[str], path: str) -> Optional[str
 
 def summarize(rows: List[dict], extra: Dict[str, float], args) -> str:
     cols = [("linear_top1", "linear top-1"), ("knn_top1", "kNN top-1")]
+    if any("unseen_linear_top1" in r for r in rows):
+        cols += [("unseen_linear_top1", "linear, unseen bg"), ("unseen_knn_top1", "kNN, unseen bg")]
     if "dense" in args.probes:
         cols += [("dense_miou", "dense mIoU"), ("dense_iou_fg", "dense fg IoU")]
     lines = [f"fashion-scenes {args.train}/{args.test} at {args.size} px; ResNet-18 width {args.width}, CIFAR stem; "

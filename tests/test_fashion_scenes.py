@@ -343,7 +343,7 @@ def test_cli_help_lists_every_knob_and_runs(fmnist_root, tmp_path, capsys):
     flags = {"size": "--size", "scale": "--scale", "background": "--background", "tint": "--tint",
              "n_train": "--train", "n_test": "--test", "seed": "--seed", "threshold": "--threshold",
              "bg_crop": "--bg-crop", "photos": "--photos", "palette": "--palette",
-             "test_variants": "--test-variants"}
+             "test_variants": "--test-variants", "unseen_photos": "--unseen-photos"}
     import dataclasses
     assert set(flags) == {f.name for f in dataclasses.fields(FashionScenesParams)}
     for flag in list(flags.values()) + ["--workers", "--force", "--out"]:
@@ -370,3 +370,28 @@ def test_scenes_mean_std_constants_match_default_config():
     imgs = np.stack([render_scene(ctx, "train", i)[0] for i in range(1000)]).reshape(-1, 3) / 255.0
     np.testing.assert_allclose(imgs.mean(0), SCENES_MEAN, atol=0.015)
     np.testing.assert_allclose(imgs.std(0), SCENES_STD, atol=0.015)
+
+
+def test_unseen_backgrounds_split_uses_only_held_out_photos(fmnist_root, tmp_path):
+    from harl.data.fashion_scenes import DEFAULT_UNSEEN_PHOTOS, render_scene, scene_split_dirs
+
+    params = _params(n_train=12, n_test=8, test_variants=("unseen_photo",))
+    assert not set(DEFAULT_UNSEEN_PHOTOS) & set(params.photos)
+    out = str(tmp_path / "unseen")
+    meta = _gen(out, fmnist_root, n_train=12, n_test=8, test_variants=("unseen_photo",))
+    assert meta["counts"]["test_unseen_photo"] == 8
+    ctx = SceneContext.load(params, fmnist_root)
+    for i in range(8):
+        img_t, mask_t, rec_t = render_scene(ctx, "test", i)
+        img_u, mask_u, rec_u = render_scene(ctx, "test", i, "unseen_photo")
+        # same item and layout as the test scene, only the background differs
+        assert np.array_equal(mask_t, mask_u) and rec_t["label"] == rec_u["label"]
+        assert np.array_equal(img_t[mask_t > 0], img_u[mask_u > 0])
+        assert rec_u["bg_detail"].split(":")[0] in DEFAULT_UNSEEN_PHOTOS
+        assert rec_t["bg_detail"].split(":")[0] in params.photos
+    images, masks = scene_split_dirs(out, "test_unseen_photo")
+    assert len([f for _, _, fs_ in os.walk(images) for f in fs_ if f.endswith(".png")]) == 8
+    with pytest.raises(ValueError, match="never used for training"):
+        FashionScenesParams(unseen_photos=("moon",))
+    with pytest.raises(ValueError, match="test variants only"):
+        FashionScenesParams(background="unseen_photo")

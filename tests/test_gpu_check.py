@@ -41,5 +41,8 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
     assert data["quality"]["returncode"] == 0, (out / "quality.log").read_text()[-3000:]
     cells = {r["method"] for r in data["quality"]["rows"]}
     assert cells == {"random", "supervised", "harl_gt"}
+    assert all(0 <= r["unseen_linear_top1"] <= 100 and 0 <= r["unseen_knn_top1"] <= 100
+               for r in data["quality"]["rows"])  # every method is also probed on unseen backgrounds
+    assert "linear, unseen bg" in report
     assert "random (floor)" in report and "supervised (ceiling)" in report
     assert "fraction of the floor→ceiling gap closed" in report

@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated #rrggbb colours for --tint palette")
     p.add_argument("--test-variants", type=_csv_list, default=",".join(d.test_variants),
                    help="comma-separated background styles for extra test splits test_<style> (same items "
-                        "and layout as test), e.g. black,plain")
+                        "and layout as test), e.g. black,plain,unseen_photo")
+    p.add_argument("--unseen-photos", type=_csv_list, default=",".join(d.unseen_photos),
+                   help="comma-separated skimage.data photos for the unseen_photo test variant (never "
+                        "used for training: must not overlap --photos)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
     p.add_argument("--fmnist-root", default=None,
                    help=f"folder with the Fashion-MNIST IDX files (None: $HARL_FASHION_MNIST, else {DEFAULT_ROOT})")
@@ -71,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             size=args.size, scale=tuple(args.scale), background=args.background, tint=args.tint,
             n_train=args.n_train, n_test=args.n_test, seed=args.seed, threshold=args.threshold,
             bg_crop=tuple(args.bg_crop), photos=tuple(args.photos), palette=tuple(args.palette),
-            test_variants=tuple(args.test_variants),
+            test_variants=tuple(args.test_variants), unseen_photos=tuple(args.unseen_photos),
         )
         t0 = time.perf_counter()
         meta = generate_fashion_scenes(args.out, params, workers=args.workers, force=args.force,

@@ -82,12 +82,17 @@ for _name in ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coi
               "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket"):
     PHOTOS.register(_name, _skimage_photo(_name))
 PHOTOS.register("stereo_motorcycle", _skimage_photo("stereo_motorcycle", pick=0))
+for _name in ("cell", "colorwheel", "page", "text"):
+    PHOTOS.register(_name, _skimage_photo(_name))
 
 #: the photos used by default: 13 colour or grayscale photos of scenes and natural textures
 DEFAULT_PHOTOS: Tuple[str, ...] = (
     "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
     "immunohistochemistry", "moon", "rocket", "stereo_motorcycle",
 )
+#: photos kept out of training by default: the ``unseen_photo`` test variant draws its backgrounds
+#: from these, so a probe on it measures robustness to backgrounds the backbone never saw
+DEFAULT_UNSEEN_PHOTOS: Tuple[str, ...] = ("cell", "colorwheel", "hubble_deep_field", "page", "retina")
 #: a small class-agnostic palette for ``tint='palette'`` (each colour has a channel ≥ 128)
 DEFAULT_PALETTE: Tuple[str, ...] = (
     "#ffffff", "#e6194b", "#f58231", "#ffe119", "#3cb44b", "#42d4f4", "#4363d8", "#f032e6",
@@ -112,7 +117,9 @@ def load_photo(name: str) -> Image.Image:
 # Parameters
 # ----------------------------------------------------------------------------------------------
 
-BACKGROUND_STYLES = ("photo", "plain", "noise", "black")
+BACKGROUND_STYLES = ("photo", "plain", "noise", "black", "unseen_photo")
+#: styles only a test variant may use (never the training background)
+TEST_ONLY_STYLES = ("unseen_photo",)
 TINT_MODES = ("none", "palette", "random")
 
 
@@ -149,7 +156,10 @@ class FashionScenesParams:
     photos:        names from :data:`PHOTOS` used by ``photo``.
     palette:       ``#rrggbb`` colours for ``tint='palette'``.
     test_variants: extra test splits ``test_<style>`` with the test scenes' items and layout on
-                   another background style, for robustness evaluation (e.g. ``("black", "plain")``).
+                   another background style, for robustness evaluation (e.g. ``("black", "plain")``;
+                   ``unseen_photo`` = crops of ``unseen_photos``, never used for training).
+    unseen_photos: names from :data:`PHOTOS` for the ``unseen_photo`` test variant; must not
+                   overlap ``photos``.
     """
 
     size: int = 32
@@ -164,9 +174,10 @@ class FashionScenesParams:
     photos: Tuple[str, ...] = DEFAULT_PHOTOS
     palette: Tuple[str, ...] = DEFAULT_PALETTE
     test_variants: Tuple[str, ...] = ()
+    unseen_photos: Tuple[str, ...] = DEFAULT_UNSEEN_PHOTOS
 
     def __post_init__(self):
-        for name in ("scale", "bg_crop", "photos", "palette", "test_variants"):
+        for name in ("scale", "bg_crop", "photos", "palette", "test_variants", "unseen_photos"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
@@ -208,6 +219,16 @@ class FashionScenesParams:
                 bad(f"test_variants: '{v}' is not a background style ({', '.join(BACKGROUND_STYLES)})")
         if len(set(self.test_variants)) != len(self.test_variants):
             bad(f"test_variants={self.test_variants}: duplicates")
+        if self.background in TEST_ONLY_STYLES:
+            bad(f"background='{self.background}' is for test variants only (backgrounds never seen in training)")
+        for p in self.unseen_photos:
+            PHOTOS.get(p)
+        shared = sorted(set(self.unseen_photos) & set(self.photos))
+        if shared:
+            bad(f"unseen_photos and photos share {', '.join(shared)}: the unseen-backgrounds split "
+                "must use photos never used for training")
+        if "unseen_photo" in self.test_variants and not self.unseen_photos:
+            bad("test_variants has 'unseen_photo' but unseen_photos is empty")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -296,6 +317,8 @@ class SceneContext:
         items = {s: read_fashion_mnist(fmnist_root, s) for s in sorted(needed)}
         styles = {params.background} | set(params.test_variants)
         photos = {name: load_photo(name) for name in params.photos} if "photo" in styles else {}
+        if "unseen_photo" in styles:
+            photos.update({name: load_photo(name) for name in params.unseen_photos})
         return cls(params, items, photos)
 
     def item_order(self, source: str, label: int) -> np.ndarray:
@@ -326,8 +349,19 @@ TINTS: Registry[TintFn] = Registry("tint mode")
 
 @BACKGROUNDS.register("photo")
 def _bg_photo(rng: np.random.Generator, ctx: SceneContext) -> Tuple[np.ndarray, str]:
+    return _photo_crop(rng, ctx, ctx.params.photos)
+
+
+@BACKGROUNDS.register("unseen_photo")
+def _bg_unseen_photo(rng: np.random.Generator, ctx: SceneContext) -> Tuple[np.ndarray, str]:
+    return _photo_crop(rng, ctx, ctx.params.unseen_photos)
+
+
+def _photo_crop(rng: np.random.Generator, ctx: SceneContext, names: Tuple[str, ...]) -> Tuple[np.ndarray, str]:
+    """A random square crop (side ∈ bg_crop × the photo's shorter side) of one of ``names``,
+    resized to the scene size and flipped with probability 1/2."""
     p = ctx.params
-    name = p.photos[int(rng.integers(len(p.photos)))]
+    name = names[int(rng.integers(len(names)))]
     photo = ctx.photos[name]
     w, h = photo.size
     side = int(round(float(rng.uniform(p.bg_crop[0], p.bg_crop[1])) * min(w, h)))
