@@ -52,7 +52,7 @@ FULL = {"backbone": ("resnet50", {}), "size": 224, "batch": 64, "steps": 100, "w
 DRY = {"dry": True, "backbone": ("resnet18", {"width": 8}), "head": 32, "size": 32, "batch": 4, "steps": 2, "warmup": 1,
        "precision": "32-true", "loader_images": 24, "loader_image_size": 48, "loader_seconds": 1.0,
        "quality": ["--mode", "cpu", "--train", "64", "--test", "32", "--epochs", "1", "--seeds", "0",
-                   "--probe-epochs", "2", "--width", "4", "--batch", "16", "--workers", "0"]}
+                   "--probe-epochs", "2", "--width", "8", "--batch", "16", "--workers", "0"]}
 
 
 def log(msg: str) -> None:
