@@ -167,3 +167,23 @@ def test_resumed_run_keeps_earlier_metrics_and_cli_quotes_checkpoint_names(scene
     assert [os.path.basename(f) for f in files] == ["metrics.before-resume-1.csv", "metrics.csv"]
     epochs = {int(float(r["epoch"])) for f in files for r in csv.DictReader(open(f)) if r.get("epoch")}
     assert epochs == {0, 1}
+
+
+def test_channels_last_turned_off_on_cpu_for_too_narrow_backbones():
+    """torch's CPU convolution hangs or corrupts the heap with channels_last at 4 channels: such a
+    backbone trains contiguous on the CPU, with a warning; width 8 keeps channels_last."""
+    import warnings
+
+    from harl.config import parse_cfg
+    from harl.methods import METHODS
+    from tests.conftest import tiny_cfg
+
+    for width, expect in ((4, False), (8, True)):
+        cfg = tiny_cfg("byol", **{"backbone.kwargs.width": width})
+        cfg["performance"] = {"disable_channel_last": False}
+        model = METHODS.get("byol")(parse_cfg(cfg))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.on_fit_start()
+        assert model.channels_last is expect
+        assert any("channels_last is turned off" in str(w.message) for w in caught) is (not expect)

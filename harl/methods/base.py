@@ -16,6 +16,7 @@ Batches (from :mod:`harl.data`):
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, ClassVar, Dict, List, Sequence, Tuple
 
 import lightning.pytorch as pl
@@ -43,6 +44,12 @@ def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[in
         pred = logits.topk(k, dim=1).indices
         out.append((pred == targets.view(-1, 1)).any(dim=1).float().mean() * 100.0)
     return out
+
+
+def narrowest_conv(module: nn.Module) -> int:
+    """Fewest output channels of any Conv2d in ``module`` (a large number if none)."""
+    widths = [m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return min(widths, default=1 << 30)
 
 
 def backbone_kwargs(cfg: DictConfig) -> Dict[str, Any]:
@@ -153,6 +160,12 @@ class BaseMethod(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward
     def on_fit_start(self) -> None:
+        if self.channels_last and self.device.type == "cpu" and narrowest_conv(self.backbone) < 8:
+            # torch 2.14's CPU convolution hangs or corrupts the heap on channels_last convs this
+            # narrow (seen with a width-4 ResNet-18); contiguous tensors are safe
+            warnings.warn(f"channels_last is turned off on the CPU for this backbone (a convolution with "
+                          f"{narrowest_conv(self.backbone)} channels; fewer than 8 is unsafe there)")
+            self.channels_last = False
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
