@@ -7,10 +7,14 @@
 - :func:`mlp`: the general form the other baselines use: ``len(dims) − 1`` Linear layers, each
   hidden one followed by BN1d (optional) and an activation, the output optionally followed by a
   BN1d without affine (SimSiam's and MoCo v3's projectors).
+- :class:`PrototypeLayer`: bias-free linear layer with unit-norm rows (SwAV's prototypes, DINO's last layer).
+- :class:`DINOHead`: DINO's projection head ending in a :class:`PrototypeLayer`.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -57,3 +61,42 @@ def mlp(dims, hidden_bn: bool = True, last_bn: bool = False, bias: bool = True, 
     if last_bn:
         layers.append(nn.BatchNorm1d(dims[-1], affine=False))
     return nn.Sequential(*layers)
+
+
+class PrototypeLayer(nn.Module):
+    """Linear layer without bias whose rows are unit vectors times a gain (weight normalisation).
+
+    B×D → B×K with W = g ⊙ v / ‖v‖_row; ``learn_gain=False`` fixes g = 1 (SwAV's prototypes, DINO's
+    ``norm_last_layer``), else g (K×1, initialised to 1) is a parameter.
+    """
+
+    def __init__(self, in_dim: int, num_prototypes: int, learn_gain: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_prototypes, in_dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.gain = nn.Parameter(torch.ones(num_prototypes, 1)) if learn_gain else None
+
+    def normalized_weight(self) -> torch.Tensor:
+        w = F.normalize(self.weight, dim=1)
+        return w * self.gain if self.gain is not None else w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight())
+
+
+class DINOHead(nn.Module):
+    """DINO's head: Linear–GELU–Linear–GELU–Linear (→ bottleneck), L2 normalisation, then a
+    weight-normalised :class:`PrototypeLayer` (gain fixed to 1 when ``norm_last_layer``). B×C → B×K."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, num_prototypes: int,
+                 norm_last_layer: bool = True):
+        super().__init__()
+        self.mlp = mlp([in_dim, hidden_dim, hidden_dim, bottleneck_dim], hidden_bn=False, act="gelu")
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = PrototypeLayer(bottleneck_dim, num_prototypes, learn_gain=not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))

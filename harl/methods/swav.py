@@ -7,9 +7,8 @@ from typing import Any, Dict, List
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
-from harl.heads import mlp
+from harl.heads import PrototypeLayer, mlp
 from harl.losses import sinkhorn_knopp, swav_loss
 from harl.methods.base import BaseMethod
 from harl.methods.registry import METHODS
@@ -46,8 +45,7 @@ class SwAV(BaseMethod):
         self.sk_iters = int(kw.sk_iters)
         self.sk_epsilon = float(kw.sk_epsilon)
         self.projector = mlp([self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim])
-        # unit-norm prototypes: the weight is L2-normalised per row on every use (weight norm with g = 1)
-        self.prototypes = nn.Linear(kw.proj_output_dim, kw.num_prototypes, bias=False)
+        self.prototypes = PrototypeLayer(kw.proj_output_dim, kw.num_prototypes)  # unit-norm rows
         self.queue_size = int(kw.queue_size)
         from harl.config import num_devices
 
@@ -78,7 +76,7 @@ class SwAV(BaseMethod):
 
     def scores(self, z: torch.Tensor) -> torch.Tensor:
         """B×D (unit) → B×K scores against the unit-norm prototypes."""
-        return F.linear(z, F.normalize(self.prototypes.weight, dim=1))
+        return self.prototypes(z)
 
     def _heads(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         z = F.normalize(self.projector(out["feats"]), dim=-1)
