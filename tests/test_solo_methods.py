@@ -333,3 +333,19 @@ def test_swav_queue_must_fit_the_global_batch_and_simsiam_warns_on_temperature()
     cfg = parse_cfg(tiny_cfg("simsiam", method_kwargs={**KW["simsiam"], "temperature": 0.2}))
     with pytest.warns(UserWarning, match="temperature has no meaning for simsiam"):
         METHODS.get("simsiam")(cfg)
+
+
+@pytest.mark.parametrize("method,online,target", [("mocov3", "projector", "momentum_projector"),
+                                                  ("dino", "head", "momentum_head")])
+def test_ema_covers_backbone_and_heads(method, online, target):
+    model = build(method)
+    with torch.no_grad():
+        for p in getattr(model, online).parameters():
+            p.add_(torch.randn_like(p))
+    pairs = [(dict(getattr(model, online).named_parameters()), dict(getattr(model, target).named_parameters())),
+             (dict(model.backbone.named_parameters()), dict(model.momentum_backbone.named_parameters()))]
+    before = [{k: v.detach().clone() for k, v in t.items()} for _, t in pairs]
+    model.ema_update(0.75)
+    for (on, tg), old in zip(pairs, before):
+        for k in on:
+            assert torch.allclose(tg[k], 0.75 * old[k] + 0.25 * on[k].detach(), atol=1e-6), k
