@@ -173,3 +173,23 @@ def test_dino_loss_naive():
                 per.append(-sum(pt[k] * (sl[k] - lse) for k in range(5)))
             terms.append(_mean(per))
     assert float(dino_loss(student, teacher, center, ts, tt)) == approx(_mean(terms))
+
+
+def test_nearest_neighbour_and_nnclr_loss_naive():
+    from harl.losses import nearest_neighbour, nnclr_loss
+
+    torch.manual_seed(7)
+    z, support = torch.randn(3, 4), torch.randn(6, 4)
+    nn, idx = nearest_neighbour(z, support)
+    for b in range(3):
+        sims = [float(z[b] @ support[j]) / (float(z[b].norm()) * float(support[j].norm())) for j in range(6)]
+        assert int(idx[b]) == max(range(6), key=lambda j: sims[j])
+        assert torch.allclose(nn[b], support[idx[b]] / support[idx[b]].norm(), atol=1e-6)
+    p_all = torch.randn(6, 4)
+    T, offset = 0.2, 3  # rank 1 of 2: the local predictions are rows 3..5
+    total = 0.0
+    for b in range(3):
+        nb = nn[b] / nn[b].norm()
+        logits = [float(nb @ (p_all[j] / p_all[j].norm())) / T for j in range(6)]
+        total += -logits[offset + b] + math.log(sum(math.exp(x) for x in logits))
+    assert float(nnclr_loss(nn, p_all[3:], T, p_all, offset)) == approx(total / 3)

@@ -31,6 +31,8 @@ KW = {
     "mocov3": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32, "temperature": 0.3},
     "swav": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 10, "queue_size": 16,
              "epoch_queue_starts": 0, "temperature": 0.2, "sk_epsilon": 0.1, "freeze_prototypes_epochs": 0},
+    "nnclr": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32, "temperature": 0.3,
+              "queue_size": 32},
     "dino": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 20, "freeze_last_layer": 0,
              "student_temperature": 0.2, "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
              "warmup_teacher_temperature_epochs": 0},
@@ -232,6 +234,37 @@ def test_swav_prototypes_frozen_then_trained_and_unit_norm():
     assert torch.allclose(model.prototypes.normalized_weight().norm(dim=1), torch.ones(10), atol=1e-6)
 
 
+def test_nnclr_step_matches_reference_and_fills_its_support_set():
+    model = build("nnclr")
+    with torch.no_grad():  # labelled support set: row j has label j % 10
+        model.queue_y.copy_(torch.arange(32) % 10)
+    queue0 = model.queue.clone()
+    batch = make_batch(11)
+    names = ["backbone.conv1.weight", "projector.0.weight", "predictor.3.weight"]
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    z = [model.projector(f) for f in feats]
+    p = [model.predictor(x) for x in z]
+    T = 0.3
+
+    def nn_of(zz):
+        sims = unit(zz.detach()) @ unit(queue0).T
+        return unit(queue0)[sims.argmax(dim=1)]
+
+    def ce(n, pp):
+        logits = unit(n) @ unit(pp).T / T
+        return -torch.log_softmax(logits, dim=1).diagonal().mean()
+
+    ssl = (ce(nn_of(z[0]), p[1]) + ce(nn_of(z[1]), p[0])) / 2
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
+    # z₁ (unit) and its labels went to the front of the support set; the pointer moved by B
+    assert torch.allclose(model.queue[:B], unit(z[0].detach()), atol=1e-6)
+    assert torch.equal(model.queue[B:], queue0[B:]) and int(model.queue_ptr) == B
+    assert torch.equal(model.queue_y[:B], batch[2])
+    assert model.projector[-1].affine and isinstance(model.projector[-1], torch.nn.BatchNorm1d)
+
+
 def _dino_head_ref(head, f):
     h = head.mlp(f)
     h = h / h.norm(dim=1, keepdim=True)
@@ -321,7 +354,7 @@ def test_registered_and_misspelt_kwarg_names_the_right_one(method):
         parse_cfg(tiny_cfg(method, method_kwargs=bad))
 
 
-@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3"])
+@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3", "nnclr"])
 def test_two_crop_methods_refuse_multicrop(method):
     with pytest.raises(ConfigError, match="exactly 2 large crops"):
         build(method, augmentations=MULTI_CROP)
