@@ -113,3 +113,25 @@ def test_new_method_pretrains_end_to_end(method, scenes_root, tmp_path):
     rows = list(csv.DictReader(open(os.path.join(res.run_dir, "metrics.csv"))))
     losses = [float(r["train_class_loss_step"]) for r in rows if r.get("train_class_loss_step")]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
+def test_vit_run_reloads_through_the_evaluation_path(scenes_root, tmp_path):
+    """A MoCo v3 ViT run's checkpoint is rebuilt (solo-learn's ViT name + timm kwargs from args.json) and
+    loaded strictly by the evaluation loader, giving the trained backbone's features."""
+    from harl.backbones import build_backbone
+    from harl.eval.pretrained import load_pretrained_backbone
+    from harl.train import pretrain
+    from tests.test_solo_methods import KW
+
+    cfg = scenes_cfg("mocov3", scenes_root, str(tmp_path / "ckpt"), max_epochs=1, method_kwargs=dict(KW["mocov3"]),
+                     backbone={"name": "vit_tiny", "kwargs": {"depth": 1, "patch_size": 8}},
+                     limit_train_batches=2, limit_val_batches=1)
+    res = pretrain(cfg)
+    model, info = load_pretrained_backbone(res.last_checkpoint)
+    assert info["backbone_name"] == "vit_tiny" and info["backbone_kwargs"]["patch_size"] == 8
+    state = torch.load(res.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    ref = build_backbone("vit_tiny", depth=1, patch_size=8)
+    ref.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), ref.eval()
+    assert torch.allclose(model(x), ref(x), atol=1e-5)
