@@ -33,6 +33,8 @@ KW = {
              "epoch_queue_starts": 0, "temperature": 0.2, "sk_epsilon": 0.1, "freeze_prototypes_epochs": 0},
     "nnclr": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32, "temperature": 0.3,
               "queue_size": 32},
+    "nnbyol": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32, "queue_size": 32},
+    "nnsiam": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 8, "queue_size": 32},
     "dino": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 20, "freeze_last_layer": 0,
              "student_temperature": 0.2, "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
              "warmup_teacher_temperature_epochs": 0},
@@ -237,8 +239,8 @@ def test_swav_prototypes_frozen_then_trained_and_unit_norm():
 def test_nnclr_step_matches_reference_and_fills_its_support_set():
     model = build("nnclr")
     with torch.no_grad():  # labelled support set: row j has label j % 10
-        model.queue_y.copy_(torch.arange(32) % 10)
-    queue0 = model.queue.clone()
+        model.support.labels.copy_(torch.arange(32) % 10)
+    queue0 = model.support.queue.clone()
     batch = make_batch(11)
     names = ["backbone.conv1.weight", "projector.0.weight", "predictor.3.weight"]
     got = step_and_grads(model, batch, names)
@@ -259,10 +261,44 @@ def test_nnclr_step_matches_reference_and_fills_its_support_set():
     ssl = (ce(nn_of(z[0]), p[1]) + ce(nn_of(z[1]), p[0])) / 2
     assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
     # z₁ (unit) and its labels went to the front of the support set; the pointer moved by B
-    assert torch.allclose(model.queue[:B], unit(z[0].detach()), atol=1e-6)
-    assert torch.equal(model.queue[B:], queue0[B:]) and int(model.queue_ptr) == B
-    assert torch.equal(model.queue_y[:B], batch[2])
+    assert torch.allclose(model.support.queue[:B], unit(z[0].detach()), atol=1e-6)
+    assert torch.equal(model.support.queue[B:], queue0[B:]) and int(model.support.ptr) == B
+    assert torch.equal(model.support.labels[:B], batch[2])
     assert model.projector[-1].affine and isinstance(model.projector[-1], torch.nn.BatchNorm1d)
+
+
+@pytest.mark.parametrize("method", ["nnbyol", "nnsiam"])
+def test_nn_byol_and_siam_steps_match_reference(method):
+    model = build(method)
+    with torch.no_grad():
+        model.support.labels.copy_(torch.arange(32) % 10)
+        if method == "nnbyol":  # make the EMA branch differ from the online one
+            for p in list(model.momentum_backbone.parameters()) + list(model.momentum_projector.parameters()):
+                p.add_(0.05 * torch.randn_like(p))
+    queue0 = model.support.queue.clone()
+    batch = make_batch(12)
+    names = ["backbone.conv1.weight", "projector.0.weight", "predictor.0.weight"]
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    p = [model.predictor(model.projector(f)) for f in feats]
+    with torch.no_grad():
+        if method == "nnbyol":
+            keys = [model.momentum_projector(model.momentum_backbone(x)) for x in batch[1]]
+        else:
+            keys = [model.projector(f) for f in feats]
+    nn = [unit(queue0)[(unit(k) @ unit(queue0).T).argmax(dim=1)] for k in keys]
+    cos = [(unit(p[0]) * nn[1]).sum(1).mean(), (unit(p[1]) * nn[0]).sum(1).mean()]
+    ssl = (2 - 2 * cos[0]) + (2 - 2 * cos[1]) if method == "nnbyol" else -(cos[0] + cos[1]) / 2
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
+    assert torch.allclose(model.support.queue[:B], unit(keys[0]), atol=1e-6)
+    assert torch.equal(model.support.labels[:B], batch[2]) and int(model.support.ptr) == B
+
+
+def test_support_set_size_must_fit_the_global_batch():
+    for method in ("nnclr", "nnbyol", "nnsiam"):
+        with pytest.raises(ConfigError, match="queue_size"):
+            build(method, queue_size=20)
 
 
 def _dino_head_ref(head, f):
@@ -354,7 +390,7 @@ def test_registered_and_misspelt_kwarg_names_the_right_one(method):
         parse_cfg(tiny_cfg(method, method_kwargs=bad))
 
 
-@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3", "nnclr"])
+@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3", "nnclr", "nnbyol", "nnsiam"])
 def test_two_crop_methods_refuse_multicrop(method):
     with pytest.raises(ConfigError, match="exactly 2 large crops"):
         build(method, augmentations=MULTI_CROP)
