@@ -193,3 +193,26 @@ def test_nearest_neighbour_and_nnclr_loss_naive():
         logits = [float(nb @ (p_all[j] / p_all[j].norm())) / T for j in range(6)]
         total += -logits[offset + b] + math.log(sum(math.exp(x) for x in logits))
     assert float(nnclr_loss(nn, p_all[3:], T, p_all, offset)) == approx(total / 3)
+
+
+def test_ressl_loss_naive():
+    from harl.losses import ressl_loss
+
+    torch.manual_seed(8)
+    q, k, queue = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4)
+    tq, tk = 0.1, 0.04
+
+    def sims(x, b):
+        xb = x[b] / x[b].norm()
+        return [float(xb @ (queue[j] / queue[j].norm())) for j in range(5)]
+
+    total = 0.0
+    for b in range(3):
+        lk = [s / tk for s in sims(k, b)]
+        m = max(lk)
+        pk = [math.exp(x - m) for x in lk]
+        pk = [x / sum(pk) for x in pk]
+        lq = [s / tq for s in sims(q, b)]
+        lse = math.log(sum(math.exp(x) for x in lq))
+        total += -sum(pk[j] * (lq[j] - lse) for j in range(5))
+    assert float(ressl_loss(q, k, queue, tq, tk)) == approx(total / 3)

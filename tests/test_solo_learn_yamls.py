@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from harl.config import ConfigError, load_yaml, parse_cfg
+from harl.config import AUGMENTATION_SCHEMA, ConfigError, load_yaml, parse_cfg
 from harl.methods import METHODS
 from tests.conftest import scenes_cfg, tiny_cfg
 
@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SOLO_DIR = os.path.join(HERE, "data", "solo_learn_yamls")
 SOLO_YAMLS = sorted(glob.glob(os.path.join(SOLO_DIR, "*.yaml")))
-NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam"]
+NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam", "ressl"]
 DATASETS = ["cifar", "imagenet-100", "imagenet", "fashion-scenes"]
 
 
@@ -50,7 +50,7 @@ def test_solo_learn_yaml_validates_and_builds_unchanged(path):
     # augmentation blocks keep solo-learn's meaning: the 'enabled' flags are accepted, prob decides
     for aug_raw, aug in zip(raw.augmentations, cfg.augmentations):
         for block in ("color_jitter", "grayscale", "gaussian_blur", "solarization", "horizontal_flip"):
-            assert aug[block].prob == aug_raw[block].prob
+            assert aug[block].prob == aug_raw[block].get("prob", AUGMENTATION_SCHEMA[block]["prob"])
             assert aug[block].enabled == aug_raw[block].get("enabled", True)
     if raw.data.format == "dali":
         assert any("'dali' is not supported" in m for m in messages) and cfg.data.format == "image_folder"

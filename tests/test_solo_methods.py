@@ -35,6 +35,8 @@ KW = {
               "queue_size": 32},
     "nnbyol": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32, "queue_size": 32},
     "nnsiam": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 8, "queue_size": 32},
+    "ressl": {"proj_hidden_dim": 32, "proj_output_dim": 16, "temperature_q": 0.2, "temperature_k": 0.05,
+              "queue_size": 32},
     "dino": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 20, "freeze_last_layer": 0,
              "student_temperature": 0.2, "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
              "warmup_teacher_temperature_epochs": 0},
@@ -301,6 +303,34 @@ def test_support_set_size_must_fit_the_global_batch():
             build(method, queue_size=20)
 
 
+def test_ressl_step_matches_reference_and_enqueues_the_weak_view_key():
+    model = build("ressl")
+    with torch.no_grad():
+        for p in list(model.momentum_backbone.parameters()) + list(model.momentum_projector.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    queue0 = model.queue.clone()
+    batch = make_batch(13)
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.2.weight"]
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    q = model.projector(feats[0])  # strong view → student
+    with torch.no_grad():
+        k = model.momentum_projector(model.momentum_backbone(batch[1][1]))  # weak view → teacher
+    Q = unit(queue0)
+    target = torch.softmax(unit(k) @ Q.T / 0.05, dim=1)
+    ssl = -(target * torch.log_softmax(unit(q) @ Q.T / 0.2, dim=1)).sum(1).mean()
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
+    assert torch.allclose(model.queue[:B], unit(k), atol=1e-6) and int(model.queue_ptr) == B
+    assert torch.equal(model.queue[B:], queue0[B:])
+
+
+def test_ressl_legacy_momentum_kwargs_of_solo_learn_recipes():
+    build("ressl", base_tau_momentum=0.99, final_tau_momentum=1.0, momentum_classifier=None)
+    with pytest.raises(ConfigError, match="base_tau_momentum .* disagrees with momentum.base_tau"):
+        build("ressl", base_tau_momentum=0.9)
+
+
 def _dino_head_ref(head, f):
     h = head.mlp(f)
     h = h / h.norm(dim=1, keepdim=True)
@@ -390,7 +420,8 @@ def test_registered_and_misspelt_kwarg_names_the_right_one(method):
         parse_cfg(tiny_cfg(method, method_kwargs=bad))
 
 
-@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3", "nnclr", "nnbyol", "nnsiam"])
+@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3", "nnclr", "nnbyol", "nnsiam",
+                                    "ressl"])
 def test_two_crop_methods_refuse_multicrop(method):
     with pytest.raises(ConfigError, match="exactly 2 large crops"):
         build(method, augmentations=MULTI_CROP)
