@@ -436,7 +436,9 @@ def test_swav_queue_must_fit_the_global_batch_and_simsiam_warns_on_temperature()
 
 
 @pytest.mark.parametrize("method,online,target", [("mocov3", "projector", "momentum_projector"),
-                                                  ("dino", "head", "momentum_head")])
+                                                  ("dino", "head", "momentum_head"),
+                                                  ("ressl", "projector", "momentum_projector"),
+                                                  ("nnbyol", "projector", "momentum_projector")])
 def test_ema_covers_backbone_and_heads(method, online, target):
     model = build(method)
     with torch.no_grad():
