@@ -74,19 +74,24 @@ MASKS_SCHEMA: Dict[str, Any] = {
     "vflip_prob": 0.0,
 }
 
+# ``enabled`` of the photometric / flip blocks: solo-learn's shipped YAMLs carry it, and solo-learn
+# applies an operation whenever its ``prob`` is non-zero whatever the flag says; harl does the same
+# (``prob`` decides) and warns when a block says ``enabled: False`` with a non-zero ``prob``.
 AUGMENTATION_SCHEMA: Dict[str, Any] = {
     "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
-    "color_jitter": {"prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
-    "grayscale": {"prob": 0.0},
-    "gaussian_blur": {"prob": 0.0, "sigma_min": 0.1, "sigma_max": 2.0},
-    "solarization": {"prob": 0.0},
-    "equalization": {"prob": 0.0},
-    "horizontal_flip": {"prob": 0.5},
+    "color_jitter": {"enabled": True, "prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
+    "grayscale": {"enabled": True, "prob": 0.0},
+    "gaussian_blur": {"enabled": True, "prob": 0.0, "sigma_min": 0.1, "sigma_max": 2.0},
+    "solarization": {"enabled": True, "prob": 0.0},
+    "equalization": {"enabled": True, "prob": 0.0},
+    "horizontal_flip": {"enabled": True, "prob": 0.5},
     "mean": None,  # per-pipeline normalisation override (else the dataset's)
     "std": None,
     "crop_size": REQUIRED,
     "num_crops": REQUIRED,
 }
+
+_FLAGGED_AUG_BLOCKS = ("color_jitter", "grayscale", "gaussian_blur", "solarization", "equalization", "horizontal_flip")
 
 SCHEMA: Dict[str, Any] = {
     "name": REQUIRED,
@@ -312,6 +317,11 @@ def validate_cfg(cfg: Any) -> DictConfig:
     for ignored in ("dali", "auto_umap"):
         if out[ignored]:
             warnings.warn(f"config block '{ignored}' is accepted for solo-learn compatibility and ignored")
+    for i, aug in enumerate(out["augmentations"]):
+        for block in _FLAGGED_AUG_BLOCKS:
+            if not aug[block]["enabled"] and float(aug[block]["prob"] or 0.0) > 0:
+                warnings.warn(f"augmentations[{i}].{block}.enabled is False but its prob is {aug[block]['prob']}: "
+                              f"as in solo-learn, prob decides and the operation is applied; set prob: 0.0 to turn it off")
     if out["data"]["format"] == "dali":
         warnings.warn("data.format 'dali' is not supported by harl; reading the images with the image_folder loader")
         out["data"]["format"] = "image_folder"

@@ -1,0 +1,218 @@
+"""Barlow Twins, VICReg, SimSiam, MoCo v3, SwAV (Sinkhorn + swapped loss) and DINO losses against
+naive element-by-element computations written from the papers' formulas."""
+
+import math
+
+import pytest
+import torch
+
+from harl.losses import (barlow_twins_loss, dino_loss, mocov3_loss, simsiam_loss, sinkhorn_knopp, swav_loss,
+                         vicreg_loss, vicreg_terms)
+
+
+def approx(x, rel=1e-4):
+    return pytest.approx(x, rel=rel, abs=1e-5)
+
+
+def _col(z, d):
+    return [float(z[b, d]) for b in range(z.shape[0])]
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def _var(xs, unbiased):
+    m = _mean(xs)
+    return sum((x - m) ** 2 for x in xs) / (len(xs) - (1 if unbiased else 0))
+
+
+def test_barlow_twins_naive():
+    torch.manual_seed(0)
+    n, d = 6, 4
+    z1, z2 = torch.randn(n, d) * 3 + 1, torch.randn(n, d)
+    lamb, scale, eps = 0.3, 0.5, 1e-5
+
+    def std(z):
+        cols = []
+        for j in range(d):
+            xs = _col(z, j)
+            m, v = _mean(xs), _var(xs, unbiased=False)
+            cols.append([(x - m) / math.sqrt(v + eps) for x in xs])
+        return cols  # d lists of n
+
+    a, b = std(z1), std(z2)
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(a[i][k] * b[j][k] for k in range(n)) / n
+            total += (1 - c) ** 2 if i == j else lamb * c ** 2
+    assert float(barlow_twins_loss(z1, z2, lamb=lamb, scale_loss=scale)) == approx(scale * total)
+
+
+def test_barlow_twins_identical_decorrelated_views_give_zero():
+    # columns with zero mean, unit biased variance and no cross-correlation: C = I
+    z = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
+    assert float(barlow_twins_loss(z, z, eps=0.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vicreg_terms_naive():
+    torch.manual_seed(1)
+    n, d = 5, 3
+    z1, z2 = torch.randn(n, d) * 0.5, torch.randn(n, d) * 2
+    sim = _mean([(float(z1[b, j]) - float(z2[b, j])) ** 2 for b in range(n) for j in range(d)])
+    var = 0.0
+    cov = 0.0
+    for z in (z1, z2):
+        var += _mean([max(0.0, 1 - math.sqrt(_var(_col(z, j), True) + 1e-4)) for j in range(d)])
+        means = [_mean(_col(z, j)) for j in range(d)]
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    c = sum((float(z[b, i]) - means[i]) * (float(z[b, j]) - means[j]) for b in range(n)) / (n - 1)
+                    cov += c ** 2 / d
+    s, v, c = vicreg_terms(z1, z2)
+    assert (float(s), float(v), float(c)) == (approx(sim), approx(var), approx(cov))
+    assert float(vicreg_loss(z1, z2, 2.0, 3.0, 5.0)) == approx(2 * sim + 3 * var + 5 * cov)
+
+
+def test_simsiam_naive_and_stop_gradient():
+    torch.manual_seed(2)
+    p = torch.randn(4, 5, requires_grad=True)
+    z = torch.randn(4, 5, requires_grad=True)
+    pd = p.detach()
+    naive = -_mean([float(pd[b] @ z[b]) / (float(pd[b].norm()) * float(z[b].norm())) for b in range(4)])
+    loss = simsiam_loss(p, z)
+    assert float(loss) == approx(naive)
+    loss.backward()
+    assert p.grad is not None and z.grad is None
+
+
+def _naive_mocov3(q, k_all, offset, T):
+    total = 0.0
+    for b in range(q.shape[0]):
+        qn = q[b] / q[b].norm()
+        logits = [float(qn @ (k_all[j] / k_all[j].norm())) / T for j in range(k_all.shape[0])]
+        total += -logits[offset + b] + math.log(sum(math.exp(x) for x in logits))
+    return 2 * T * total / q.shape[0]
+
+
+def test_mocov3_naive_local_and_gathered():
+    torch.manual_seed(3)
+    q, k = torch.randn(4, 6), torch.randn(4, 6)
+    assert float(mocov3_loss(q, k, 0.2)) == approx(_naive_mocov3(q, k, 0, 0.2))
+    # rank 1 of 2: its keys sit at rows 4..7 of the gathered keys
+    k_all = torch.cat([torch.randn(4, 6), k])
+    assert float(mocov3_loss(q, k, 0.5, k_all, offset=4)) == approx(_naive_mocov3(q, k_all, 4, 0.5))
+
+
+def _naive_sinkhorn(scores, eps, iters):
+    n, kk = scores.shape
+    Q = [[math.exp(float(scores[b, k]) / eps) for b in range(n)] for k in range(kk)]  # K×N
+    s = sum(sum(r) for r in Q)
+    Q = [[x / s for x in r] for r in Q]
+    for _ in range(iters):
+        Q = [[x / sum(r) / kk for x in r] for r in Q]
+        cols = [sum(Q[k][b] for k in range(kk)) for b in range(n)]
+        Q = [[Q[k][b] / cols[b] / n for b in range(n)] for k in range(kk)]
+    return [[Q[k][b] * n for k in range(kk)] for b in range(n)]
+
+
+def test_sinkhorn_naive_and_marginals():
+    torch.manual_seed(4)
+    scores = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    got = sinkhorn_knopp(scores, epsilon=0.3, iters=3)
+    want = _naive_sinkhorn(scores, 0.3, 3)
+    for b in range(6):
+        for k in range(4):
+            assert float(got[b, k]) == approx(want[b][k])
+    # every sample's code is a distribution; with many iterations the prototypes share the batch equally
+    assert torch.allclose(got.sum(dim=1), torch.ones(6), atol=1e-5)
+    many = sinkhorn_knopp(scores, epsilon=0.3, iters=200)
+    assert torch.allclose(many.sum(dim=0), torch.full((4,), 6 / 4), atol=1e-3)
+
+
+def test_swav_loss_naive_with_small_crops():
+    torch.manual_seed(5)
+    preds = [torch.randn(3, 4) for _ in range(3)]  # 2 large crops + 1 small one
+    codes = [torch.softmax(torch.randn(3, 4), dim=1) for _ in range(2)]
+    T = 0.1
+    terms = []
+    for v in range(2):
+        for w in range(3):
+            if w == v:
+                continue
+            per = []
+            for b in range(3):
+                logits = [float(preds[w][b, k]) / T for k in range(4)]
+                lse = math.log(sum(math.exp(x) for x in logits))
+                per.append(-sum(float(codes[v][b, k]) * (logits[k] - lse) for k in range(4)))
+            terms.append(_mean(per))
+    assert float(swav_loss(preds, codes, T)) == approx(_mean(terms))
+
+
+def test_dino_loss_naive():
+    torch.manual_seed(6)
+    student = [torch.randn(2, 5) for _ in range(3)]
+    teacher = [torch.randn(2, 5) for _ in range(2)]
+    center = torch.randn(1, 5) * 0.1
+    ts, tt = 0.1, 0.04
+    terms = []
+    for t in range(2):
+        for s in range(3):
+            if s == t:
+                continue
+            per = []
+            for b in range(2):
+                tl = [(float(teacher[t][b, k]) - float(center[0, k])) / tt for k in range(5)]
+                m = max(tl)
+                pt = [math.exp(x - m) for x in tl]
+                pt = [x / sum(pt) for x in pt]
+                sl = [float(student[s][b, k]) / ts for k in range(5)]
+                lse = math.log(sum(math.exp(x) for x in sl))
+                per.append(-sum(pt[k] * (sl[k] - lse) for k in range(5)))
+            terms.append(_mean(per))
+    assert float(dino_loss(student, teacher, center, ts, tt)) == approx(_mean(terms))
+
+
+def test_nearest_neighbour_and_nnclr_loss_naive():
+    from harl.losses import nearest_neighbour, nnclr_loss
+
+    torch.manual_seed(7)
+    z, support = torch.randn(3, 4), torch.randn(6, 4)
+    nn, idx = nearest_neighbour(z, support)
+    for b in range(3):
+        sims = [float(z[b] @ support[j]) / (float(z[b].norm()) * float(support[j].norm())) for j in range(6)]
+        assert int(idx[b]) == max(range(6), key=lambda j: sims[j])
+        assert torch.allclose(nn[b], support[idx[b]] / support[idx[b]].norm(), atol=1e-6)
+    p_all = torch.randn(6, 4)
+    T, offset = 0.2, 3  # rank 1 of 2: the local predictions are rows 3..5
+    total = 0.0
+    for b in range(3):
+        nb = nn[b] / nn[b].norm()
+        logits = [float(nb @ (p_all[j] / p_all[j].norm())) / T for j in range(6)]
+        total += -logits[offset + b] + math.log(sum(math.exp(x) for x in logits))
+    assert float(nnclr_loss(nn, p_all[3:], T, p_all, offset)) == approx(total / 3)
+
+
+def test_ressl_loss_naive():
+    from harl.losses import ressl_loss
+
+    torch.manual_seed(8)
+    q, k, queue = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4)
+    tq, tk = 0.1, 0.04
+
+    def sims(x, b):
+        xb = x[b] / x[b].norm()
+        return [float(xb @ (queue[j] / queue[j].norm())) for j in range(5)]
+
+    total = 0.0
+    for b in range(3):
+        lk = [s / tk for s in sims(k, b)]
+        m = max(lk)
+        pk = [math.exp(x - m) for x in lk]
+        pk = [x / sum(pk) for x in pk]
+        lq = [s / tq for s in sims(q, b)]
+        lse = math.log(sum(math.exp(x) for x in lq))
+        total += -sum(pk[j] * (lq[j] - lse) for j in range(5))
+    assert float(ressl_loss(q, k, queue, tq, tk)) == approx(total / 3)
