@@ -426,6 +426,16 @@ def test_harl_feature_maps_have_the_expected_grids():
     assert sizes["c4"] == ((64, 5, 5), (32, 9, 9))
 
 
+@pytest.mark.parametrize("feature_map,pooling", [("c5_pixel_shuffle", "masked_mean"), ("c5", "pixel_shuffle")])
+def test_harl_pixel_shuffle_map_and_pooling_go_together(feature_map, pooling):
+    """Found by the reference tests: c5_pixel_shuffle with the default pooling crashed at the first
+    step with a mask-grid shape error; now it is a config error naming both keys."""
+    from harl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pooling.*feature_map"):
+        build("harl", feature_map=feature_map, pooling=pooling)
+
+
 @pytest.mark.parametrize("step,total", [(0, 10), (5, 10), (10, 10), (13, 10)])
 def test_harl_schedules_at_given_steps(step, total):
     model, _ = build("harl", step=step, total=total, alpha_base=0.6, lambda_base=0.8, beta_min=0.1)

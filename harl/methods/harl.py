@@ -65,8 +65,10 @@ class HARL(BYOL):
                                   f"{close_match_hint(kw[key], allowed)}")
         if cfg.num_large_crops != 2:
             raise ConfigError(f"harl needs exactly 2 large crops (views T and T'), config gives {cfg.num_large_crops}")
-        if kw.pooling == "pixel_shuffle" and kw.feature_map != "c5_pixel_shuffle":
-            raise ConfigError("method_kwargs.pooling 'pixel_shuffle' goes with feature_map 'c5_pixel_shuffle'")
+        if (kw.pooling == "pixel_shuffle") != (kw.feature_map == "c5_pixel_shuffle"):
+            raise ConfigError("method_kwargs.pooling 'pixel_shuffle' and feature_map 'c5_pixel_shuffle' go together "
+                              f"(got pooling {kw.pooling!r}, feature_map {kw.feature_map!r}): the pixel-shuffle map "
+                              "is pooled on a 2× mask grid")
         for key in ("alpha_base", "lambda_base", "beta_min", "mask_weight"):
             if not 0.0 <= float(kw[key]) <= 1.0:
                 raise ConfigError(f"method_kwargs.{key} must be in [0, 1], got {kw[key]}")
