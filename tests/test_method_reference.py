@@ -77,6 +77,13 @@ def build(method: str, seed: int = 0, step: int = K_STEP, total: int = K_TOTAL, 
     torch.manual_seed(seed)
     model = METHODS.get(method)(parse_cfg(raw))
     model.train()
+    if hasattr(model, "momentum_pairs"):
+        # as after some training: the EMA copies differ from the online networks, so a target
+        # computed by an online network (or the other way round) changes the values
+        with torch.no_grad():
+            for _, target in model.momentum_pairs:
+                for p in target.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
     model.trainer = SimpleNamespace(estimated_stepping_batches=total, global_step=step, current_epoch=0)
     logs: dict = {}
     model.log_dict = lambda d, **k: logs.update({key: float(torch.as_tensor(v).detach()) for key, v in d.items()})
@@ -636,6 +643,35 @@ def test_sgm_mocov2_step_and_queue():
 # ---------------------------------------------------------------------------------------------
 
 
+MOMENTUM_CASES = [("byol", {}), ("mocov2plus", {}), ("harl", {"feature_map": "c4"}), ("hapicl_mocov2plus", {}),
+                  ("hapicl_byol", {}), ("sgm_mocov2", {})]
+
+
+@pytest.mark.parametrize("method,kw", MOMENTUM_CASES, ids=[m for m, _ in MOMENTUM_CASES])
+def test_ema_update_covers_every_momentum_module(method, kw):
+    """ξ ← τ·ξ + (1−τ)·θ for every ``momentum_<name>`` module against ``<name>``; buffers untouched."""
+    model, _ = build(method, **kw)
+    mods = dict(model.named_children())
+    pairs = {name: name[len("momentum_"):] for name in mods
+             if name.startswith("momentum_") and name != "momentum_classifier"}
+    assert pairs, method
+    before = {n: [p.detach().clone() for p in mods[n].parameters()] for n in pairs}
+    bufs = {n: [b.detach().clone() for b in mods[n].buffers()] for n in pairs}
+    with torch.no_grad():
+        for n in pairs.values():
+            for p in mods[n].parameters():
+                p.add_(0.1)
+    model.ema_update(0.75)
+    for target, online in pairs.items():
+        theta = [p.detach() for p in mods[online].parameters()]
+        for got, old, th in zip(mods[target].parameters(), before[target], theta):
+            torch.testing.assert_close(got.detach(), 0.75 * old + 0.25 * th, rtol=1e-6, atol=1e-7,
+                                       msg=lambda m: f"{target} not averaged from {online}: {m}")
+        for got, old in zip(mods[target].buffers(), bufs[target]):
+            assert torch.equal(got, old)
+        assert not any(p.requires_grad for p in mods[target].parameters())
+
+
 @pytest.mark.parametrize("step,total", [(0, 10), (4, 10), (10, 10)])
 def test_tau_at_given_steps(step, total):
     model, _ = build("byol", step=step, total=total, cfg_over={"momentum.base_tau": 0.9, "momentum.final_tau": 1.0})
@@ -675,17 +711,23 @@ def test_ema_and_lr_follow_optimizer_steps_under_gradient_accumulation(tmp_path)
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             # runs before the module's own hook (the EMA), right after the optimizer step
             records.append({"step": trainer.global_step, "lr": trainer.optimizers[0].param_groups[0]["lr"],
-                            "online": [p.detach().clone() for p in pl_module.backbone.parameters()],
-                            "target": [p.detach().clone() for p in pl_module.momentum_backbone.parameters()]})
+                            "online": [p.detach().clone() for p in online_params(pl_module)],
+                            "target": [p.detach().clone() for p in target_params(pl_module)]})
 
-    target0 = [p.detach().clone() for p in model.momentum_backbone.parameters()]
+    def online_params(m):
+        return list(m.backbone.parameters()) + list(m.projector.parameters())
+
+    def target_params(m):
+        return list(m.momentum_backbone.parameters()) + list(m.momentum_projector.parameters())
+
+    target0 = [p.detach().clone() for p in target_params(model)]
     loader = torch.utils.data.DataLoader(_Batches(8), batch_size=2)
     trainer = pl.Trainer(max_epochs=1, accumulate_grad_batches=2, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[Record()], default_root_dir=str(tmp_path))
     trainer.fit(model, loader)
     assert [r["step"] for r in records] == [0, 1, 1, 2]
-    final = [p.detach() for p in model.momentum_backbone.parameters()]
+    final = [p.detach() for p in target_params(model)]
     # target seen at record j+1 is the target after the module's hook of batch j
     seen = [r["target"] for r in records[1:]] + [final]
     prev = target0
