@@ -52,6 +52,7 @@ def test_two_process_ddp_keeps_ranks_identical(method, scenes_root, tmp_path):
     assert "backbone.conv1.weight" in r0
 
 
+@pytest.mark.slow
 def test_negatives_are_gathered_across_processes(tmp_path):
     """Each rank holds half the batch. With negatives gathered, the mean of the two ranks' NT-Xent
     (every anchor against all 2·N embeddings) is the single-process loss of the whole batch; with

@@ -66,6 +66,7 @@ def test_old_run_config_without_the_record_still_rebuilds_stride1():
     assert name == "resnet18" and kwargs == {"width": 8, "c5_stride1": True, "c5_dilate": True, "cifar_stem": True}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("feature_map,dilate", [("c5_stride1", False), ("c5", False)])
 def test_pretrain_then_load_gives_the_same_map_and_features(feature_map, dilate, scenes_root, tmp_path):
     cfg = scenes_cfg("harl", scenes_root, str(tmp_path / "ckpt"), max_epochs=1, limit_train_batches=1,
