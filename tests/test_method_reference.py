@@ -54,12 +54,15 @@ GRAD_PARAMS = ("backbone.conv1.weight", "backbone.layer3.0.conv1.weight", "backb
 
 def method_kwargs(method: str, **extra) -> dict:
     kw = {"proj_hidden_dim": 32, "proj_output_dim": 16}
+    if method in ("simclr", "mocov2plus", "sgm_simclr", "sgm_mocov2") or method.startswith("hapicl_s") \
+            or method.startswith("hapicl_m"):
+        kw["temperature"] = 0.3  # not the default, so a method reading the default is caught
     if method in ("byol", "harl", "hapicl_byol"):
         kw["pred_hidden_dim"] = 32
     if method in ("mocov2plus", "hapicl_mocov2plus", "sgm_mocov2"):
         kw["queue_size"] = 16
     if method.startswith("hapicl"):
-        kw.update({"pix_hidden_dim": 24, "pix_output_dim": 12, "pix_weight": 0.5})
+        kw.update({"pix_hidden_dim": 24, "pix_output_dim": 12, "pix_weight": 0.5, "pix_temperature": 0.25})
     if method.startswith("sgm"):
         kw.update({"grid_size": 4, "hp_kernel": 5, "hp_sigma": 1.0, "sgm_saliency": "online",
                    "num_hard_negatives": 2, "hard_neg_scale": 1.5})
@@ -114,6 +117,11 @@ def fixed_batch(masks: bool = True, seed: int = 1):
         c2 = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.2, 0.0, 1.0, 0.8], [0.9, 0.1, 0.1, 0.9], [0.0, 0.1, 0.7, 0.8]])
         batch.append({"masks": fixed_masks(), "coords": [c1, c2]})
     return batch
+
+
+def cfg_value(model, key):
+    """A hyper-parameter as the config gives it (not the attribute the method derived from it)."""
+    return float(model.cfg.method_kwargs[key])
 
 
 def run_step(model, batch):
@@ -257,7 +265,7 @@ def test_simclr_step():
     loss, grads = run_step(model, batch)
     feats = [model.backbone(x) for x in batch[1]]
     z = torch.cat([model.projector(f) for f in feats])
-    ssl = ntxent(z, batch[0].repeat(2), model.temperature)
+    ssl = ntxent(z, batch[0].repeat(2), cfg_value(model, "temperature"))
     ref = ssl + class_ce(model, feats, batch[2])
     close(logs["train_nce_loss"], ssl, "NT-Xent")
     close(loss, ref, "total")
@@ -279,7 +287,7 @@ def test_mocov2plus_step_and_queue():
     feats = [model.backbone(x) for x in X]
     q = [model.projector(f) for f in feats]
     k = _moco_keys(model, X)
-    T = model.temperature
+    T = cfg_value(model, "temperature")
     ssl = (moco_ce(q[0], k[1], queue0[1], T) + moco_ce(q[1], k[0], queue0[0], T)) / 2
     ref = ssl + class_ce(model, feats, batch[2])
     close(logs["train_nce_loss"], ssl, "MoCo loss")
@@ -532,7 +540,7 @@ def test_hapicl_step(method, kw):
                 spatial=spatial)
     if method == "hapicl_simclr":
         z = torch.cat([model.projector(f) for f in feats])
-        inst = ntxent(z, batch[0].repeat(2), model.temperature)
+        inst = ntxent(z, batch[0].repeat(2), cfg_value(model, "temperature"))
         pix = pix_ref(P[0].flatten(2), P[1].flatten(2), fg[0], fg[1], **args)
     else:
         with torch.no_grad():
@@ -546,7 +554,7 @@ def test_hapicl_step(method, kw):
             inst = byol_l(p[1], zt[0]) + byol_l(p[0], zt[1])
         else:
             q = [model.projector(f) for f in feats]
-            T = model.temperature
+            T = cfg_value(model, "temperature")
             inst = (moco_ce(q[0], zt[1], queue0[1], T) + moco_ce(q[1], zt[0], queue0[0], T)) / 2
     ssl = inst + 0.5 * pix
     ref = ssl + class_ce(model, feats, batch[2])
@@ -591,12 +599,12 @@ def test_sgm_simclr_step():
     torch.manual_seed(1234)
     loss, grads = run_step(model, batch)
     inputs, views = _sgm_views(model, batch[1], moco=False)
-    M = model.num_hard_negatives
+    M = int(cfg_value(model, "num_hard_negatives"))
     feats = [model.backbone(q) for q in views.queries]
     z = [model.projector(f) for f in feats]
     with torch.no_grad():
         t = [model.projector(model.backbone(hd)).view(M, B, -1) for hd in views.hard]  # m, b, D
-    T, a = model.temperature, model.hard_neg_scale
+    T, a = cfg_value(model, "temperature"), cfg_value(model, "hard_neg_scale")
     extra = []
     for v in range(2):
         zn = F.normalize(z[v], dim=1)
@@ -618,14 +626,14 @@ def test_sgm_mocov2_step_and_queue():
     torch.manual_seed(1234)
     loss, grads = run_step(model, batch)
     inputs, views = _sgm_views(model, batch[1], moco=True)
-    M = model.num_hard_negatives
+    M = int(cfg_value(model, "num_hard_negatives"))
     feats = [model.backbone(q) for q in views.queries]
     q = [model.projector(f) for f in feats]
     with torch.no_grad():
         k = [F.normalize(model.momentum_projector(model.momentum_backbone(x)), dim=1) for x in inputs]
         t = [model.momentum_projector(model.momentum_backbone(hd)).view(M, B, -1).transpose(0, 1)
              for hd in views.hard]
-    T, a = model.temperature, model.hard_neg_scale
+    T, a = cfg_value(model, "temperature"), cfg_value(model, "hard_neg_scale")
     ssl = (moco_ce(q[0], k[1], queue0[1], T, t[1], a) + moco_ce(q[1], k[0], queue0[0], T, t[0], a)) / 2
     ref = ssl + class_ce(model, feats, batch[2])
     close(logs["train_nce_loss"], ssl, "SGM MoCo loss")
