@@ -399,9 +399,14 @@ def parse_cfg(cfg: Any) -> DictConfig:
     - ``num_large_crops`` / ``num_small_crops`` from the augmentation pipelines (a pipeline whose
       crop_size equals the first one's is "large");
     - ``data.num_classes`` from the dataset table, or the number of class folders for ``custom``;
-    - ``optimizer.lr`` and ``optimizer.classifier_lr`` × batch_size · devices · num_nodes / 256.
+    - ``optimizer.lr`` and ``optimizer.classifier_lr`` × batch_size · devices · num_nodes / 256;
+    - ``backbone.kwargs`` the method's options imply (HARL ``feature_map: c5_stride1`` →
+      ``c5_stride1: true``), so the run config records the architecture that is built.
     """
     cfg = validate_cfg(cfg)
+    from harl.methods.base import apply_backbone_overrides  # late import: methods import this module
+
+    apply_backbone_overrides(cfg)
     large = cfg.augmentations[0].crop_size
     cfg.num_large_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size == large))
     cfg.num_small_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size != large))

@@ -209,7 +209,7 @@ def test_cli_train_and_generate(tiny_set, tmp_path, capsys):
                "--num-workers", "0", "--no-progress"])
     assert rc == 0 and "epoch BCE" in capsys.readouterr().out
     obj = read_head_file(head)
-    assert obj["backbone"] == "resnet18" and obj["backbone_kwargs"] == {"width": 8}
+    assert obj["backbone"] == "resnet18" and obj["backbone_kwargs"] == {"width": 8, "cifar_stem": False}  # as pretraining built it
     assert obj["short_side"] == 32 and obj["num_features"] == 64
 
     # 3 images, 2 worker processes (spawned: torch)

@@ -111,6 +111,12 @@ def _resnet(block, layers):
             key = next(iter(unexpected))
             valid = ["cifar_stem", "width", "zero_init_residual", "c5_stride1", "c5_dilate"]
             raise ConfigError(f"unknown config key 'backbone.kwargs.{key}'{close_match_hint(key, valid)}")
+        if c5_dilate and c5_stride1 and block is BasicBlock:
+            from harl.config import ConfigError
+
+            raise ConfigError("backbone.kwargs.c5_dilate (HARL method_kwargs.c5_dilate) needs a Bottleneck ResNet "
+                              "(resnet50): torchvision's BasicBlock (resnet18/34) has no dilation; use c5_stride1 "
+                              "without c5_dilate")
         return SSLResNet(block, layers, width=width, cifar_stem=cifar_stem,
                          zero_init_residual=zero_init_residual, c5_stride1=c5_stride1, c5_dilate=c5_dilate)
 

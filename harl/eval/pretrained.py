@@ -174,7 +174,9 @@ def pretraining_info(run_cfg: Any) -> Dict[str, Any]:
 
 
 def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str, Any]]:
-    """``(backbone name, kwargs)`` as pretraining built them (CIFAR-stem default filled in)."""
+    """``(backbone name, kwargs)`` as pretraining built them (CIFAR-stem default filled in, and the
+    kwargs the method's options imply, e.g. HARL's ``feature_map: c5_stride1``, for runs whose
+    ``args.json`` predates recording them)."""
     name = _get(run_cfg, "backbone.name")
     if name is None:
         return None, {}
@@ -184,6 +186,16 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
     from harl.backbones import BACKBONES
     from harl.data.registry import DATASETS
 
+    method = _get(run_cfg, "method")
+    if name in BACKBONES:
+        from harl.methods import METHODS
+
+        if method in METHODS:
+            # runs written before args.json recorded them (HARL feature_map: c5_stride1)
+            cls = METHODS.get(method)
+            method_kwargs = {**cls.default_method_kwargs(), **(_plain(_get(run_cfg, "method_kwargs", {})) or {})}
+            for key, value in cls.backbone_overrides(method_kwargs).items():
+                kwargs.setdefault(key, value)
     if name in BACKBONES and "cifar_stem" not in kwargs:
         dataset = _get(run_cfg, "data.dataset")
         spec = DATASETS.get(dataset) if dataset in DATASETS else None

@@ -128,15 +128,14 @@ def resolve_backbone(cfg: SaliencyTrainConfig) -> Tuple[str, Dict[str, Any]]:
     if cfg.backbone:
         return cfg.backbone, dict(cfg.backbone_kwargs)
     if cfg.checkpoint:
-        from omegaconf import OmegaConf
-
         from harl.checkpoint import read_run_config
+        from harl.eval.pretrained import architecture_from_run_config
 
         run_cfg = read_run_config(cfg.checkpoint)
         if run_cfg is not None and "backbone" in run_cfg and run_cfg.backbone.get("name"):
-            kwargs = OmegaConf.to_container(run_cfg.backbone.get("kwargs") or {}, resolve=True)
+            name, kwargs = architecture_from_run_config(run_cfg)  # as pretraining built it
             kwargs.update(cfg.backbone_kwargs)
-            return str(run_cfg.backbone.name), kwargs
+            return str(name), kwargs
     raise ValueError("train-saliency: give --backbone (no training config found beside the checkpoint)")
 
 

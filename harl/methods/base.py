@@ -64,6 +64,32 @@ def backbone_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     return kwargs
 
 
+def apply_backbone_overrides(cfg: DictConfig) -> DictConfig:
+    """Write the method's :meth:`BaseMethod.backbone_overrides` into ``cfg.backbone.kwargs`` in place.
+
+    Only for harl's torchvision ResNets (other backbones get the method's own error). Idempotent; a
+    ``backbone.kwargs`` value that contradicts the method's option is a :class:`ConfigError`.
+    """
+    from harl.backbones import BACKBONES
+    from harl.config import ConfigError
+    from harl.methods.registry import METHODS
+
+    if cfg.method not in METHODS or cfg.backbone.name not in BACKBONES:
+        return cfg
+    over = METHODS.get(cfg.method).backbone_overrides(cfg.method_kwargs)
+    if not over:
+        return cfg
+    if cfg.backbone.kwargs is None:
+        cfg.backbone.kwargs = {}
+    for key, value in over.items():
+        given = cfg.backbone.kwargs.get(key)
+        if given is not None and given != value:
+            raise ConfigError(f"backbone.kwargs.{key} = {given!r} contradicts the method's options, which build "
+                              f"{key} = {value!r}; remove backbone.kwargs.{key} (the method sets it)")
+        cfg.backbone.kwargs[key] = value
+    return cfg
+
+
 class BaseMethod(pl.LightningModule):
     """Backbone + online linear classifier + kNN monitor + optimizer/scheduler from config."""
 
@@ -87,6 +113,14 @@ class BaseMethod(pl.LightningModule):
                 if key not in req:
                     req.append(key)
         return tuple(req)
+
+    @classmethod
+    def backbone_overrides(cls, method_kwargs: Any) -> Dict[str, Any]:
+        """``backbone.kwargs`` that this method's ``method_kwargs`` imply (e.g. HARL's
+        ``feature_map: c5_stride1`` → ``c5_stride1: true``). :func:`apply_backbone_overrides`
+        writes them into the run config, so ``args.json`` records the architecture actually built
+        and every load path rebuilds it."""
+        return {}
 
     @classmethod
     def check_cfg(cls, cfg: DictConfig) -> None:

@@ -31,7 +31,7 @@ from harl.losses.harl import (
 )
 from harl.masks.grid import MASK_MODES, mask_to_grid
 from harl.methods.byol import BYOL
-from harl.methods.base import BaseMomentumMethod
+from harl.methods.base import BaseMomentumMethod, apply_backbone_overrides
 from harl.methods.registry import METHODS
 
 FEATURE_MAPS = ("c5", "c5_stride1", "c4", "c5_pixel_shuffle")
@@ -65,17 +65,24 @@ class HARL(BYOL):
                                   f"{close_match_hint(kw[key], allowed)}")
         if cfg.num_large_crops != 2:
             raise ConfigError(f"harl needs exactly 2 large crops (views T and T'), config gives {cfg.num_large_crops}")
-        if kw.pooling == "pixel_shuffle" and kw.feature_map != "c5_pixel_shuffle":
-            raise ConfigError("method_kwargs.pooling 'pixel_shuffle' goes with feature_map 'c5_pixel_shuffle'")
+        if (kw.pooling == "pixel_shuffle") != (kw.feature_map == "c5_pixel_shuffle"):
+            raise ConfigError("method_kwargs.pooling 'pixel_shuffle' and feature_map 'c5_pixel_shuffle' go together "
+                              f"(got pooling {kw.pooling!r}, feature_map {kw.feature_map!r}): the pixel-shuffle map "
+                              "is pooled on a 2× mask grid")
         for key in ("alpha_base", "lambda_base", "beta_min", "mask_weight"):
             if not 0.0 <= float(kw[key]) <= 1.0:
                 raise ConfigError(f"method_kwargs.{key} must be in [0, 1], got {kw[key]}")
 
+    @classmethod
+    def backbone_overrides(cls, method_kwargs) -> Dict[str, Any]:
+        """``feature_map: c5_stride1`` builds layer4 with stride 1 (dilated with ``c5_dilate``)."""
+        if method_kwargs.get("feature_map") == "c5_stride1":
+            return {"c5_stride1": True, "c5_dilate": bool(method_kwargs.get("c5_dilate", False))}
+        return {}
+
     def __init__(self, cfg: DictConfig):
-        if cfg.method_kwargs.feature_map == "c5_stride1":
-            cfg = copy.deepcopy(cfg)
-            cfg.backbone.kwargs.c5_stride1 = True
-            cfg.backbone.kwargs.c5_dilate = bool(cfg.method_kwargs.c5_dilate)
+        # in place: the run config (args.json, checkpoint hyper-parameters) records what is built
+        apply_backbone_overrides(cfg)
         super().__init__(cfg)
         from harl.config import ConfigError
 
