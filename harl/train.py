@@ -24,6 +24,8 @@ from harl.checkpoint import (Checkpointer, checkpoint_problem, choose_resume, ne
                              run_root)
 from harl.config import ConfigError, num_devices, parse_cfg
 from harl.data.sampling import SamplerState
+from harl.guard import FiniteGuard
+from harl.health import HealthMonitor
 from harl.methods import METHODS
 
 log = logging.getLogger("harl")
@@ -163,6 +165,10 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
                      frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.guard.enabled:
+        cbs.append(FiniteGuard(max_bad_steps=cfg.guard.max_bad_steps))
+    if cfg.health.enabled:
+        cbs.append(HealthMonitor(every_n_steps=cfg.health.every_n_steps, strict=cfg.health.strict, run_dir=run_dir))
     if cfg.data.skip_corrupt:
         cbs.append(SkippedFilesReporter(train_ds))
     extra = trainer_extra_kwargs(cfg)
