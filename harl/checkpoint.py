@@ -197,7 +197,7 @@ def _max_age_s(cfg: DictConfig) -> Optional[float]:
     return float(hours) * 3600
 
 
-def choose_resume(cfg: DictConfig) -> ResumeChoice:
+def choose_resume(cfg: DictConfig, root: Optional[str] = None, fingerprint=None) -> ResumeChoice:
     """Pick the checkpoint auto-resume continues from, and say why in one line.
 
     Rules: only runs under ``<checkpoint.dir>/<method>/`` whose ``args.json`` matches this config
@@ -205,12 +205,15 @@ def choose_resume(cfg: DictConfig) -> ResumeChoice:
     ``auto_resume.max_hours`` (null or 0: no limit) is skipped and named; among the others the
     checkpoint furthest along (highest epoch; ties: the newest file) that reads back completely
     (:func:`checkpoint_problem`) wins; torn ones are renamed ``*.torn`` and named. A complete
-    checkpoint write interrupted before its rename is finished first.
+    checkpoint write interrupted before its rename is finished first. ``root`` (default
+    :func:`run_root`) and ``fingerprint`` (default :func:`resume_fingerprint`) let evaluation runs
+    use the same rules.
     """
-    root = run_root(cfg)
+    root = run_root(cfg) if root is None else root
+    fingerprint = resume_fingerprint if fingerprint is None else fingerprint
     if not os.path.isdir(root):
         return ResumeChoice(None, None, f"auto-resume: starting a new run ('{root}' holds no runs yet)")
-    want = resume_fingerprint(cfg)
+    want = fingerprint(cfg)
     max_age = _max_age_s(cfg)
     now = time.time()
     candidates: List[Tuple[int, float, str, str]] = []
@@ -224,7 +227,7 @@ def choose_resume(cfg: DictConfig) -> ResumeChoice:
             continue
         try:
             with open(args_path) as f:
-                fp = resume_fingerprint(json.load(f))
+                fp = fingerprint(json.load(f))
         except (OSError, ValueError, AttributeError, TypeError):
             continue
         if fp != want:
