@@ -211,7 +211,8 @@ class FiniteGuard(Callback):
         if self._skip_this_step:
             return
         params = self._optimised(trainer)
-        if bool(self._decide(trainer, not bool(_all_finite([p.detach() for p in params])))):
+        # no cross-process vote needed: after a DDP step the weights are the same on every rank
+        if not bool(_all_finite([p.detach() for p in params])):
             names = _nonfinite_names(params, self._names, grads=False)
             lrs = sorted({_fmt(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups})
             raise NonFiniteTrainingError(
