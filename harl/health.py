@@ -195,9 +195,11 @@ class HealthMonitor(Callback):
         self.strict = bool(strict)
         self.run_dir = run_dir
         self.tracker: Optional[HealthTracker] = None
+        self._last_step = -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.tracker = HealthTracker(getattr(pl_module, "num_classes", 1))
+        self._last_step = -1
 
     def _values(self, pl_module, batch) -> Dict[str, float]:
         names, tensors = [], []
@@ -230,8 +232,9 @@ class HealthMonitor(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.tracker is None or step % self.every_n_steps != 0:
-            return
+        if self.tracker is None or step % self.every_n_steps != 0 or step == self._last_step:
+            return  # (with gradient accumulation several batches end on the same step: check once)
+        self._last_step = step
         new = self.tracker.observe(step, trainer.current_epoch, self._values(pl_module, batch))
         failed = bool(new)
         if self.strict and getattr(trainer, "world_size", 1) > 1:
