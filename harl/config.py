@@ -131,7 +131,9 @@ SCHEMA: Dict[str, Any] = {
         "lr_decay_steps": None,
     },
     "checkpoint": {"enabled": False, "dir": "trained_models", "frequency": 1, "keep_prev": False},
-    "auto_resume": {"enabled": False, "max_hours": 36},
+    "auto_resume": {"enabled": False, "max_hours": 36},  # max_hours null or 0: no age limit
+    "guard": {"enabled": True, "max_bad_steps": 0},  # harl.guard: stop on a non-finite loss/gradient
+    "health": {"enabled": True, "strict": False, "every_n_steps": 20},  # harl.health warnings
     "knn_eval": {"enabled": False, "k": 20, "T": 0.07, "distance_func": "euclidean"},
     "wandb": {"enabled": False, "project": "harl", "entity": None, "offline": True, "tags": None},
     "performance": {"disable_channel_last": False},
@@ -375,6 +377,14 @@ def _check_values(out: dict) -> None:
     for i, aug in enumerate(out["augmentations"]):
         if int(aug["num_crops"]) < 1 or int(aug["crop_size"]) < 1:
             raise ConfigError(f"config key 'augmentations[{i}]': crop_size and num_crops must be >= 1")
+    for key, value, low in (("guard.max_bad_steps", out["guard"]["max_bad_steps"], 0),
+                            ("health.every_n_steps", out["health"]["every_n_steps"], 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"config key '{key}' = {value!r} must be an integer >= {low}")
+    hours = out["auto_resume"]["max_hours"]
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours >= 0):
+        raise ConfigError(f"config key 'auto_resume.max_hours' = {hours!r} must be a number of hours >= 0 "
+                          "(null or 0: no age limit)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,9 +20,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from harl.checkpoint import Checkpointer, find_resumable, new_version, preserve_metrics_on_resume, run_root
+from harl.checkpoint import (Checkpointer, checkpoint_problem, choose_resume, new_version, preserve_metrics_on_resume,
+                             run_root)
 from harl.config import ConfigError, num_devices, parse_cfg
 from harl.data.sampling import SamplerState
+from harl.guard import FiniteGuard
+from harl.health import HealthMonitor
 from harl.methods import METHODS
 
 log = logging.getLogger("harl")
@@ -122,10 +125,13 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
     run_dir = None
     if ckpt_path is not None and not os.path.isfile(str(ckpt_path)):
         raise ConfigError(f"resume_from_checkpoint '{ckpt_path}' does not exist")
+    if ckpt_path is not None and checkpoint_problem(str(ckpt_path)) is not None:
+        raise ConfigError(f"resume_from_checkpoint '{ckpt_path}' is not a complete checkpoint "
+                          f"({checkpoint_problem(str(ckpt_path))}); resume from an earlier one or start over")
     if ckpt_path is None and cfg.auto_resume.enabled:
-        ckpt_path, run_dir = find_resumable(cfg)
-        if ckpt_path:
-            log.warning("auto-resume: continuing %s", ckpt_path)
+        choice = choose_resume(cfg)
+        ckpt_path, run_dir = choice.ckpt, choice.run_dir
+        log.warning(choice.message)
     if ckpt_path is not None and run_dir is None:
         run_dir = os.path.dirname(os.path.abspath(str(ckpt_path)))
     version = os.path.basename(run_dir) if run_dir else new_version(cfg.wandb.enabled)
@@ -159,6 +165,10 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
                      frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.guard.enabled:
+        cbs.append(FiniteGuard(max_bad_steps=cfg.guard.max_bad_steps))
+    if cfg.health.enabled:
+        cbs.append(HealthMonitor(every_n_steps=cfg.health.every_n_steps, strict=cfg.health.strict, run_dir=run_dir))
     if cfg.data.skip_corrupt:
         cbs.append(SkippedFilesReporter(train_ds))
     extra = trainer_extra_kwargs(cfg)

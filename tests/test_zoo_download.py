@@ -314,3 +314,41 @@ def test_wrong_content_range_restarts_without_range(server, tmp_path):
     download_file([server.url("good.bin")], dest, SHA, len(PAYLOAD), progress=False)
     assert verify_file(dest, SHA, len(PAYLOAD)) is None
     assert server.requests == [("/good.bin", "bytes=777-"), ("/good.bin", None)]
+
+
+def test_oversized_body_stops_at_the_manifest_size(server, tmp_path):
+    """A server streaming an endless body (no Content-Length): the download stops one byte past the
+    manifest's size instead of reading forever, and nothing is left behind."""
+    sent = {"bytes": 0}
+
+    class Endless(_Handler):
+        protocol_version = "HTTP/1.0"  # body delimited by closing the connection
+
+        def do_GET(self):  # noqa: N802
+            self.server.requests.append((self.path, self.headers.get("Range")))
+            self.send_response(200)
+            self.end_headers()
+            block = PAYLOAD[:65536]
+            try:
+                for _ in range(100_000):  # 6.5 GB if nobody stops reading
+                    self.wfile.write(block)
+                    sent["bytes"] += len(block)
+            except OSError:
+                pass
+
+    server.RequestHandlerClass = Endless
+    dest = str(tmp_path / "f.bin")
+    with pytest.raises(ZooDownloadError, match=f"more than the manifest's {len(PAYLOAD)} bytes"):
+        download_file([server.url("good.bin")], dest, SHA, len(PAYLOAD), progress=False, timeout=10)
+    assert not os.path.exists(dest) and not os.path.exists(dest + ".part")
+    assert len(server.requests) == 1  # not retried: a longer file is not a transfer hiccup
+    # the server could push at most what fits in the socket buffers past what was read
+    assert sent["bytes"] < 64 * len(PAYLOAD)
+
+
+def test_announced_oversized_body_is_refused_before_reading(server, tmp_path):
+    server.files["big.bin"] = PAYLOAD * 20
+    dest = str(tmp_path / "f.bin")
+    with pytest.raises(ZooDownloadError, match=f"announces {20 * len(PAYLOAD)} bytes, the manifest says"):
+        download_file([server.url("big.bin")], dest, SHA, len(PAYLOAD), progress=False)
+    assert not os.path.exists(dest) and not os.path.exists(dest + ".part")

@@ -65,12 +65,13 @@ def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> D
 
 def run_cli(fn, argv=None) -> int:
     """Run ``fn(argv)``, turning configuration and input errors into a one-line message + exit 2."""
-    from harl.checkpoint import CheckpointMismatchError
+    from harl.checkpoint import CheckpointMismatchError, CheckpointWriteError
     from harl.config import ConfigError
+    from harl.guard import TrainingHalted
 
     try:
         fn(argv)
-    except (ConfigError, CheckpointMismatchError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointMismatchError, CheckpointWriteError, TrainingHalted, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

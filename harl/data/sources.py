@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from harl.data.image_io import IMG_EXTENSIONS, DatasetNotFoundError, is_image_file, read_image
+from harl.utils.walk import walk_unique
 
 
 class PathList:
@@ -156,7 +157,7 @@ def check_dir(path: Optional[str], what: str) -> str:
 
 def _walk_images(top: str, rel_to: str) -> List[str]:
     out = []
-    for dirpath, _, fnames in sorted(os.walk(top, followlinks=True)):
+    for dirpath, _, fnames in sorted(walk_unique(top)):
         for fname in sorted(fnames):
             if is_image_file(fname):
                 out.append(os.path.relpath(os.path.join(dirpath, fname), rel_to))

@@ -22,7 +22,6 @@ Each mode is ``run(ctx: EvalContext) -> dict`` of metrics (``top1``/``top5`` or 
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.checkpoint import atomic_write_text, list_checkpoints, new_version, resume_fingerprint
+from harl.checkpoint import atomic_write_text, choose_resume, new_version, resume_fingerprint
 from harl.config import ConfigError
 from harl.eval.linear_config import parse_linear_cfg
 from harl.eval.pretrained import DEFAULT_HP_KERNEL, DEFAULT_HP_SIGMA, load_pretrained_backbone
@@ -218,29 +217,11 @@ def run_root(cfg: DictConfig) -> str:
 
 
 def find_resumable_eval(cfg: DictConfig) -> Tuple[Optional[str], Optional[str]]:
-    """Newest checkpoint of an evaluation run with the same resolved config (within
-    ``auto_resume.max_hours``): ``(ckpt_path, run_dir)`` or ``(None, None)``."""
-    root = run_root(cfg)
-    if not os.path.isdir(root):
-        return None, None
-    want = _fingerprint(cfg)
-    max_age = float(cfg.auto_resume.max_hours) * 3600
-    best: Tuple[float, Optional[str], Optional[str]] = (-1.0, None, None)
-    for run_dir in sorted(glob.glob(os.path.join(glob.escape(root), "*"))):
-        try:
-            with open(os.path.join(run_dir, "args.json")) as f:
-                args = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            continue
-        if _fingerprint(args) != want:
-            continue
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            continue
-        mtime = os.path.getmtime(ckpts[-1])
-        if time.time() - mtime <= max_age and mtime > best[0]:
-            best = (mtime, ckpts[-1], run_dir)
-    return best[1], best[2]
+    """The checkpoint an evaluation run with the same resolved config continues from:
+    ``(ckpt_path, run_dir)`` or ``(None, None)``; same rules as pretraining
+    (:func:`harl.checkpoint.choose_resume`)."""
+    choice = choose_resume(cfg, root=run_root(cfg), fingerprint=_fingerprint)
+    return choice.ckpt, choice.run_dir
 
 
 def _select_run_dir(cfg: DictConfig) -> Tuple[str, str, Optional[str]]:
@@ -251,9 +232,9 @@ def _select_run_dir(cfg: DictConfig) -> Tuple[str, str, Optional[str]]:
             raise ConfigError(f"resume_from_checkpoint '{ckpt}' does not exist")
         run_dir = os.path.dirname(os.path.abspath(str(ckpt)))
     elif cfg.auto_resume.enabled and cfg.mode != "knn":
-        ckpt, run_dir = find_resumable_eval(cfg)
-        if ckpt:
-            log.warning("auto-resume: continuing %s", ckpt)
+        choice = choose_resume(cfg, root=run_root(cfg), fingerprint=_fingerprint)
+        ckpt, run_dir = choice.ckpt, choice.run_dir
+        log.warning(choice.message)
     version = os.path.basename(run_dir) if run_dir else new_version(bool(cfg.wandb.enabled))
     if run_dir is None:
         run_dir = os.path.join(run_root(cfg), version)

@@ -2,7 +2,8 @@
 
 Conventions (SPEC §2.1):
 
-- An image tree is walked recursively (symlinks followed, like torchvision's ``ImageFolder``);
+- An image tree is walked recursively (symlinks followed, like torchvision's ``ImageFolder``, but
+  each real folder once: :func:`harl.utils.walk.walk_unique`, so links cannot duplicate or loop);
   files with a common image extension (:data:`IMAGE_EXTENSIONS`, case-insensitive) are kept;
   hidden files and folders (name starting with ``.``) are skipped. Relative paths use ``/`` and
   are sorted as strings, so the order (and hence ``--shard i/n``) is the same on every machine.
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from harl.utils.io import atomic_write_bytes, tmp_path
+from harl.utils.walk import walk_unique
 
 # the same list as harl.data.image_io.IMG_EXTENSIONS (torchvision ImageFolder); kept here so that
 # importing this module does not import the data pipeline (checked by a test)
@@ -55,12 +57,12 @@ def has_extension(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bo
 def list_files(root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
     """Sorted ``/``-separated relative paths of the files under ``root`` with one of ``extensions``.
 
-    Hidden files and folders are skipped; symlinked folders are followed.
+    Hidden files and folders are skipped; symlinked folders are followed, each real folder once.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder '{root}' does not exist")
     out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in walk_unique(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = os.path.relpath(dirpath, root)
         for name in filenames:

@@ -159,6 +159,19 @@ class BaseMethod(pl.LightningModule):
         self.knn = None
         if cfg.knn_eval.enabled:
             self.knn = WeightedKNN(k=cfg.knn_eval.k, T=cfg.knn_eval.T, distance_func=cfg.knn_eval.distance_func)
+        #: this training step's logged values (detached) and first-crop features, read by the
+        #: finite-training guard and the health monitor (:mod:`harl.guard`, :mod:`harl.health`)
+        self.step_values: Dict[str, Any] = {}
+        self.health_feats: Any = None
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """``LightningModule.log`` that also keeps the training step's values in ``step_values``."""
+        if self._trainer is not None and self.trainer.training:
+            self.step_values[name] = value.detach() if isinstance(value, torch.Tensor) else value
+        super().log(name, value, *args, **kwargs)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.step_values = {}
 
     # ------------------------------------------------------------------ optimisation
     @property
@@ -252,6 +265,7 @@ class BaseMethod(pl.LightningModule):
                       on_epoch=True, sync_dist=True)
         if self.knn is not None:
             self.knn(train_features=outs["feats"][0].detach(), train_targets=targets)
+        self.health_feats = outs["feats"][0].detach()
         outs["loss"] = class_loss
         return outs
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from harl.utils.io import metrics_files
+from harl.utils.walk import walk_unique
 
 #: folders never entered while discovering runs
 SKIP_DIRS = {"feature_cache", "stages", "wandb", "__pycache__", "lightning_logs", "random_init"}
@@ -290,7 +291,7 @@ def _result_objects(obj: Any) -> List[Dict[str, Any]]:
 
 
 def _walk(root: str) -> Iterable[Tuple[str, List[str]]]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in walk_unique(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         yield dirpath, sorted(filenames)
 

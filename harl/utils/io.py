@@ -36,6 +36,25 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def fsync_path(path: str) -> None:
+    """Flush a file's (or a folder's: a rename inside it) data to disk; folders that cannot be
+    opened for reading (some filesystems) are skipped."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if os.path.isdir(path):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     import torch
 
@@ -43,6 +62,7 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     tmp = tmp_path(path)
     try:
         torch.save(obj, tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -9,6 +9,8 @@ Guarantees:
   so a partial file from one mirror is resumed from the next);
 - a ``.part`` that fails its checksum is deleted; a cached file that no longer matches is deleted
   and fetched again;
+- a download never reads more than the manifest's size (plus one byte): a server that announces
+  or sends a longer body is refused as soon as that is known, and the partial file is deleted;
 - a failure (offline, refused, 404, truncated, wrong checksum) raises :class:`ZooDownloadError`
   with a one-line message naming every URL tried and the cache path.
 
@@ -151,15 +153,25 @@ def _fetch(url: str, part: str, size: Optional[int], progress: bool, timeout: fl
             os.remove(part)
         length = resp.headers.get("Content-Length")
         expected = have + int(length) if length is not None and length.isdigit() else size
+        if size is not None and expected is not None and expected > size:
+            if os.path.exists(part):
+                os.remove(part)
+            raise _TransferError(f"server announces {expected} bytes, the manifest says {size}; not downloaded")
         from tqdm import tqdm
 
+        got = have
         try:
             with open(part, "ab") as f, tqdm(total=size or expected, initial=have, unit="B", unit_scale=True,
                                              unit_divisor=1024, desc=desc, disable=not progress,
                                              file=sys.stderr, leave=False) as bar:
                 while True:
-                    chunk = resp.read(CHUNK)
+                    # never read more than one byte past the manifest's size
+                    want = CHUNK if size is None else min(CHUNK, size + 1 - got)
+                    chunk = resp.read(want)
                     if not chunk:
+                        break
+                    got += len(chunk)
+                    if size is not None and got > size:
                         break
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -167,6 +179,10 @@ def _fetch(url: str, part: str, size: Optional[int], progress: bool, timeout: fl
                 os.fsync(f.fileno())
         except (OSError, socket.timeout, ValueError) as err:
             raise _TransferError(f"transfer interrupted ({_describe(err)})", resumable=True) from err
+    if size is not None and got > size:
+        os.remove(part)
+        raise _TransferError(f"server sent more than the manifest's {size} bytes; stopped reading, "
+                             "partial file discarded")
     got = os.path.getsize(part)
     if expected is not None and got < expected:
         raise _TransferError(f"connection closed after {got} of {expected} bytes", resumable=True)
