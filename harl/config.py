@@ -104,6 +104,7 @@ SCHEMA: Dict[str, Any] = {
         "fraction": -1.0,
         "download": False,
         "skip_corrupt": False,
+        "verify": "off",  # pre-flight check of every file: off | quick (headers) | full (decode)
         "num_classes": None,  # derived unless given (custom datasets)
         "masks": MASKS_SCHEMA,
     },
@@ -334,6 +335,12 @@ def validate_cfg(cfg: Any) -> DictConfig:
     out["optimizer"]["kwargs"] = check_kwargs(
         out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs"
     )
+    # types and ranges of every value (harl.config_values), on the values as given
+    from harl.config_values import METHOD_KWARG_VALUES, check_kwargs_values, check_pretrain_values
+
+    check_pretrain_values(out)
+    check_kwargs_values(out["method_kwargs"], method_cls.default_method_kwargs(), "method_kwargs", METHOD_KWARG_VALUES)
+    check_kwargs_values(out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs")
     _check_values(out)
     return OmegaConf.create(out)
 
@@ -395,6 +402,10 @@ def parse_cfg(cfg: Any) -> DictConfig:
     large = cfg.augmentations[0].crop_size
     cfg.num_large_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size == large))
     cfg.num_small_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size != large))
+    # the method's own cross-key checks, before any dataset is listed or model built
+    from harl.methods import METHODS
+
+    METHODS.get(cfg.method).check_cfg(cfg)
     if cfg.data.num_classes is None:
         if cfg.data.dataset in DATASET_NUM_CLASSES:
             cfg.data.num_classes = DATASET_NUM_CLASSES[cfg.data.dataset]

@@ -77,3 +77,21 @@ def run_cli(fn, argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, table) -> None:
+    """Check parsed options against a value table (``{dest: harl.config_values.Value}``) before any
+    work starts; a bad value is a usage error naming the option, the value and what is expected
+    (exit code 2)."""
+    for dest, spec in table.items():
+        if not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        values = value if isinstance(value, list) and not hasattr(spec, "item") else [value]
+        for v in values:
+            if not spec.ok(v):
+                flag = "--" + dest.replace("_", "-")
+                for action in parser._actions:  # the option's own spelling (dest may differ from the flag)
+                    if action.dest == dest and action.option_strings:
+                        flag = action.option_strings[-1]
+                parser.error(f"argument {flag}: {v!r}: expected {spec.expected()}")
