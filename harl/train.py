@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
+from harl.clean_stop import DataErrorStop, data_error_message
 from harl.checkpoint import Checkpointer, find_resumable, new_version, preserve_metrics_on_resume, run_root
 from harl.config import ConfigError, num_devices, parse_cfg
 from harl.data.sampling import SamplerState
@@ -133,11 +134,13 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
         run_dir = os.path.join(run_root(cfg), version)
 
     train_ds = build_pretrain_dataset(cfg)
+    val_ds = build_val_dataset(cfg) if not cfg.no_validation else None
+    if (cfg.data.get("verify") or "off") != "off":  # every file checked before the first step (harl.data.verify)
+        from harl.data.verify import verify_for_training
+
+        verify_for_training(cfg, train_ds, val_ds)
     train_loader = build_pretrain_loader(cfg, train_ds)
-    val_loader = None
-    if not cfg.no_validation:
-        val_ds = build_val_dataset(cfg)
-        val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
+    val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
 
     model = method_cls(cfg)
 
@@ -152,12 +155,16 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
                                    offline=bool(cfg.wandb.offline), id=version, save_dir=run_dir,
                                    tags=list(cfg.wandb.tags) if cfg.wandb.tags else None, resume="allow"))
 
+    sampler_state = SamplerState(train_loader.sampler)
+    checkpointer = Checkpointer(cfg, run_dir, version, enabled=cfg.checkpoint.enabled,
+                                frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev)
+    data_stop = DataErrorStop(checkpointer, sampler_state, int(cfg.optimizer.batch_size))
     cbs: List[Callback] = [
         EpochSeeder(cfg.seed),
-        SamplerState(train_loader.sampler),
-        Checkpointer(cfg, run_dir, version, enabled=cfg.checkpoint.enabled,
-                     frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev),
+        sampler_state,
+        checkpointer,
         LearningRateMonitor(logging_interval="step"),
+        data_stop,
     ]
     if cfg.data.skip_corrupt:
         cbs.append(SkippedFilesReporter(train_ds))
@@ -183,6 +190,10 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
             **acc,
             **extra,
         )
-        trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
-    checkpointer = next(c for c in cbs if isinstance(c, Checkpointer))
+        try:
+            trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+        except Exception as err:
+            if data_error_message(err) is None or data_stop.message is None:
+                raise
+            raise data_stop.stop_error() from None
     return PretrainResult(run_dir, version, trainer, model, checkpointer.last_ckpt)

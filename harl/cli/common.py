@@ -66,12 +66,17 @@ def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> D
 def run_cli(fn, argv=None) -> int:
     """Run ``fn(argv)``, turning configuration and input errors into a one-line message + exit 2."""
     from harl.checkpoint import CheckpointMismatchError
+    from harl.clean_stop import TrainingStopped, data_error_message
     from harl.config import ConfigError
+    from harl.data.image_io import CorruptImageError, DataFileError
 
     try:
         fn(argv)
-    except (ConfigError, CheckpointMismatchError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointMismatchError, FileNotFoundError, TrainingStopped) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (CorruptImageError, DataFileError) as err:  # an unreadable file outside pretraining's clean stop
+        print(f"error: {data_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
