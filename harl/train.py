@@ -176,6 +176,8 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
     acc = resolve_accelerator(cfg)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # a mid-epoch checkpoint (harl.clean_stop) stores the sampler's position: resuming from it is exact
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         trainer = Trainer(
             max_epochs=int(cfg.max_epochs),
             num_nodes=int(cfg.num_nodes),
