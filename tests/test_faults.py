@@ -276,3 +276,38 @@ def test_sampler_skip_resumes_inside_an_epoch():
     s.epoch, s.skip = 0, 4
     assert list(iter(s)) == full[4:]
     assert s.skip == 0 and len(list(iter(s))) == 10  # once only
+
+
+# --------------------------------------------------------------------------------------------- no unpickling
+
+
+class _Planted:
+    """Unpickling this object creates a marker file (what a malicious checkpoint could do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_is_never_executed(tmp_path, monkeypatch, capsys):
+    from harl.checkpoint import read_run_config, read_state_dict
+    from harl.cli.linear import main as linear_main
+
+    marker = tmp_path / "PWNED"
+    ckpt = tmp_path / "downloaded" / "model.ckpt"  # no args.json beside it
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {"backbone.w": torch.zeros(1)}, "hyper_parameters": {"cfg": _Planted(str(marker))}},
+               str(ckpt))
+    with pytest.warns(UserWarning, match="does not unpickle"):
+        assert read_run_config(str(ckpt)) is None
+    with pytest.raises(Exception):
+        read_state_dict(str(ckpt))
+    data = _folder(tmp_path / "data", n_per_class=2)
+    monkeypatch.chdir(tmp_path)
+    rc = linear_main([os.path.join(ROOT, "scripts", "linear", "fashion-scenes", "byol.yaml"),
+                      f"pretrained_feature_extractor={ckpt}", "data.dataset=custom", f"data.train_path={data}",
+                      f"data.val_path={data}", "max_epochs=1", "accelerator=cpu", "data.num_workers=0"])
+    assert rc == 2 and not marker.exists()
+    assert not marker.exists()
