@@ -66,7 +66,7 @@ def list_checkpoints(run_dir: str) -> List[str]:
 
 
 #: config keys that do not change what a run computes (ignored when matching runs to resume)
-_RESUME_IGNORED = ("data.num_workers", "checkpoint", "auto_resume", "wandb", "resume_from_checkpoint",
+_RESUME_IGNORED = ("data.num_workers", "data.verify", "checkpoint", "auto_resume", "wandb", "resume_from_checkpoint",
                    "devices", "accelerator", "num_sanity_val_steps", "log_every_n_steps",
                    "enable_progress_bar", "knn_eval", "no_validation")
 

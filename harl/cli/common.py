@@ -81,7 +81,30 @@ def run_cli(fn, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as err:
+        reason = write_failure(err)
+        if reason is None:
+            raise
+        print(f"error: could not write a file ({reason}); files already written are kept (every file is "
+              "written under a temporary name and renamed), free some space and rerun", file=sys.stderr)
+        return 1
     return 0
+
+
+def write_failure(err: BaseException) -> Optional[str]:
+    """A one-line reason when ``err`` (or its cause) is a failed write: disk full, quota, file-size limit."""
+    import errno
+
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return f"{os.strerror(err.errno)}: {err.filename}" if err.filename else os.strerror(err.errno)
+        text = str(err)
+        if isinstance(err, RuntimeError) and ("file write failed" in text or "No space left" in text):
+            return text.strip().splitlines()[0][:200]
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, table) -> None:
