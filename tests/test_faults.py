@@ -311,3 +311,18 @@ def test_a_planted_pickle_is_never_executed(tmp_path, monkeypatch, capsys):
                       f"data.val_path={data}", "max_epochs=1", "accelerator=cpu", "data.num_workers=0"])
     assert rc == 2 and not marker.exists()
     assert not marker.exists()
+
+
+def test_write_failures_are_recognised_through_causes():
+    import errno
+
+    from harl.cli.common import write_failure
+
+    assert write_failure(OSError(errno.ENOSPC, "No space left on device", "x.ckpt")).startswith("No space left")
+    wrapped = RuntimeError("checkpoint failed")
+    wrapped.__cause__ = OSError(errno.EFBIG, "File too large")
+    assert write_failure(wrapped) == os.strerror(errno.EFBIG)
+    assert write_failure(RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed "
+                                      "writing file data/3: file write failed")) is not None
+    assert write_failure(OSError(errno.EACCES, "Permission denied")) is None
+    assert write_failure(ValueError("x")) is None

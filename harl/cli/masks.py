@@ -354,6 +354,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except Exception as err:  # noqa: BLE001 - filtered below
+        from harl.cli.common import write_failure
+
+        reason = write_failure(err)
+        if reason is not None:  # disk full / quota / size limit: finished masks are complete files
+            print(f"error: could not write a file ({reason}); finished masks are kept (each is written under a "
+                  "temporary name and renamed), free some space and rerun the same command to resume",
+                  file=sys.stderr)
+            return 1
         if not _is_user_error(err):
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
