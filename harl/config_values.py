@@ -369,6 +369,7 @@ METHOD_KWARG_VALUES: Dict[str, Value] = {
     **{k: Num(ge=0) for k in ("pix_weight", "pool_eps", "pos_noise_std", "neg_noise_std", "fg_std_factor")},
     **{k: Seq(Prob(), length=2) for k in ("pos_ratio", "neg_ratio")},
     "sgm_saliency_input_size": Int(ge=1, nullable=True),
+    "label_smoothing": Num(ge=0, lt=1),
 }
 
 #: ``momentum`` block of momentum methods
