@@ -360,7 +360,8 @@ AUGMENTATION_VALUES: Dict[str, Value] = {
 METHOD_KWARG_VALUES: Dict[str, Value] = {
     **{k: Int(ge=1) for k in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "proj_layers",
                               "pix_hidden_dim", "pix_output_dim", "pix_upsample", "queue_size", "grid_size",
-                              "num_hard_negatives", "hp_kernel", "fill_blur_kernel")},
+                              "hp_kernel", "fill_blur_kernel")},
+    "num_hard_negatives": Int(ge=0),
     **{k: Num(gt=0) for k in ("temperature", "pix_temperature", "pix_pos_radius", "hp_sigma", "fill_blur_sigma",
                               "hard_neg_scale")},
     **{k: Prob() for k in ("alpha_base", "lambda_base", "beta_min", "mask_weight", "mask_threshold",
