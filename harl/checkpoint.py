@@ -111,7 +111,7 @@ def list_checkpoints(run_dir: str) -> List[str]:
 
 
 #: config keys that do not change what a run computes (ignored when matching runs to resume)
-_RESUME_IGNORED = ("data.num_workers", "checkpoint", "auto_resume", "wandb", "resume_from_checkpoint",
+_RESUME_IGNORED = ("data.num_workers", "data.verify", "checkpoint", "auto_resume", "wandb", "resume_from_checkpoint",
                    "devices", "accelerator", "num_sanity_val_steps", "log_every_n_steps",
                    "enable_progress_bar", "knn_eval", "no_validation", "guard", "health")
 
@@ -479,14 +479,28 @@ def load_backbone(path: str, backbone: nn.Module, ignore: Iterable[str] = ()) ->
 
 
 def read_run_config(path: str) -> Optional[DictConfig]:
-    """The training config of a checkpoint: ``args.json`` beside it, else the ckpt's hyper-parameters."""
+    """The training config of a checkpoint: ``args.json`` beside it, else the ckpt's hyper-parameters.
+
+    The checkpoint is read with ``weights_only=True`` only: a file that needs unpickling of
+    arbitrary Python objects (it can run code from the file) gives no config here, with a warning
+    saying how to proceed (``harl-zoo import ... --trust`` converts a trusted file once).
+    """
     args = os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
     if os.path.isfile(args):
         with open(args) as f:
             return OmegaConf.create(json.load(f))
     if path.endswith(".ckpt"):
+        import pickle
+        import warnings
+
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            warnings.warn(f"'{path}' has no args.json beside it and its hyper-parameters hold pickled Python "
+                          "objects, which harl does not unpickle (that can run code from the file); give the "
+                          "architecture explicitly, or convert a file you trust with "
+                          "'harl-zoo import CKPT --out FILE --trust'")
+            return None
         except Exception:  # noqa: BLE001
             return None
         cfg = (obj.get("hyper_parameters") or {}).get("cfg") if isinstance(obj, dict) else None

@@ -109,6 +109,7 @@ SCHEMA: Dict[str, Any] = {
         "fraction": -1.0,
         "download": False,
         "skip_corrupt": False,
+        "verify": "off",  # pre-flight check of every file: off | quick (headers) | full (decode)
         "num_classes": None,  # derived unless given (custom datasets)
         "masks": MASKS_SCHEMA,
     },
@@ -346,6 +347,13 @@ def validate_cfg(cfg: Any) -> DictConfig:
     out["optimizer"]["kwargs"] = check_kwargs(
         out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs"
     )
+    # types and ranges of every value (harl.config_values), on the values as given
+    from harl.config_values import METHOD_KWARG_VALUES, check_kwargs_values, check_pretrain_values
+
+    check_pretrain_values(out)
+    check_kwargs_values(out["method_kwargs"], method_cls.default_method_kwargs(), "method_kwargs",
+                        {**METHOD_KWARG_VALUES, **method_cls.method_kwarg_values()})
+    check_kwargs_values(out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs")
     _check_values(out)
     return OmegaConf.create(out)
 
@@ -377,14 +385,6 @@ def _check_values(out: dict) -> None:
     for i, aug in enumerate(out["augmentations"]):
         if int(aug["num_crops"]) < 1 or int(aug["crop_size"]) < 1:
             raise ConfigError(f"config key 'augmentations[{i}]': crop_size and num_crops must be >= 1")
-    for key, value, low in (("guard.max_bad_steps", out["guard"]["max_bad_steps"], 0),
-                            ("health.every_n_steps", out["health"]["every_n_steps"], 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"config key '{key}' = {value!r} must be an integer >= {low}")
-    hours = out["auto_resume"]["max_hours"]
-    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours >= 0):
-        raise ConfigError(f"config key 'auto_resume.max_hours' = {hours!r} must be a number of hours >= 0 "
-                          "(null or 0: no age limit)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +420,10 @@ def parse_cfg(cfg: Any) -> DictConfig:
     large = cfg.augmentations[0].crop_size
     cfg.num_large_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size == large))
     cfg.num_small_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size != large))
+    # the method's own cross-key checks, before any dataset is listed or model built
+    from harl.methods import METHODS
+
+    METHODS.get(cfg.method).check_cfg(cfg)
     if cfg.data.num_classes is None:
         if cfg.data.dataset in DATASET_NUM_CLASSES:
             cfg.data.num_classes = DATASET_NUM_CLASSES[cfg.data.dataset]

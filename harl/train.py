@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from harl.checkpoint import (Checkpointer, checkpoint_problem, choose_resume, new_version, preserve_metrics_on_resume,
                              run_root)
+from harl.clean_stop import DataErrorStop, data_error_message
 from harl.config import ConfigError, num_devices, parse_cfg
 from harl.data.sampling import SamplerState
 from harl.guard import FiniteGuard
@@ -139,11 +140,13 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
         run_dir = os.path.join(run_root(cfg), version)
 
     train_ds = build_pretrain_dataset(cfg)
+    val_ds = build_val_dataset(cfg) if not cfg.no_validation else None
+    if (cfg.data.get("verify") or "off") != "off":  # every file checked before the first step (harl.data.verify)
+        from harl.data.verify import verify_for_training
+
+        verify_for_training(cfg, train_ds, val_ds)
     train_loader = build_pretrain_loader(cfg, train_ds)
-    val_loader = None
-    if not cfg.no_validation:
-        val_ds = build_val_dataset(cfg)
-        val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
+    val_loader = build_val_loader(cfg, val_ds) if val_ds is not None else None
 
     model = method_cls(cfg)
 
@@ -158,12 +161,16 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
                                    offline=bool(cfg.wandb.offline), id=version, save_dir=run_dir,
                                    tags=list(cfg.wandb.tags) if cfg.wandb.tags else None, resume="allow"))
 
+    sampler_state = SamplerState(train_loader.sampler)
+    checkpointer = Checkpointer(cfg, run_dir, version, enabled=cfg.checkpoint.enabled,
+                                frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev)
+    data_stop = DataErrorStop(checkpointer, sampler_state, int(cfg.optimizer.batch_size))
     cbs: List[Callback] = [
         EpochSeeder(cfg.seed),
-        SamplerState(train_loader.sampler),
-        Checkpointer(cfg, run_dir, version, enabled=cfg.checkpoint.enabled,
-                     frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev),
+        sampler_state,
+        checkpointer,
         LearningRateMonitor(logging_interval="step"),
+        data_stop,
     ]
     if cfg.guard.enabled:
         cbs.append(FiniteGuard(max_bad_steps=cfg.guard.max_bad_steps))
@@ -179,6 +186,8 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
     acc = resolve_accelerator(cfg)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # a mid-epoch checkpoint (harl.clean_stop) stores the sampler's position: resuming from it is exact
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         trainer = Trainer(
             max_epochs=int(cfg.max_epochs),
             num_nodes=int(cfg.num_nodes),
@@ -193,6 +202,10 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
             **acc,
             **extra,
         )
-        trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
-    checkpointer = next(c for c in cbs if isinstance(c, Checkpointer))
+        try:
+            trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+        except Exception as err:
+            if data_error_message(err) is None or data_stop.message is None:
+                raise
+            raise data_stop.stop_error() from None
     return PretrainResult(run_dir, version, trainer, model, checkpointer.last_ckpt)

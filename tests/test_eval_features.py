@@ -157,7 +157,7 @@ def test_feature_maps_shapes_pooling_memory_guard_and_cache(net, tmp_path):
     # CIFAR stem: 16 → 18 (pad 2) → 9 → 5 → 3
     assert maps.shape == (5, 32, 3, 3) and maps.dtype == torch.float32
     with torch.no_grad():
-        torch.testing.assert_close(maps, net.forward_features(ds.x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(maps, net.forward_features(ds.x), rtol=1e-4, atol=1e-5)  # batches of 2 vs 5: other conv kernels
     assert torch.equal(m, ds.m) and t.tolist() == ds.y.tolist()
     half, _, _ = extract_feature_maps(net, ds, batch_size=2, progress=False, dtype=torch.float16, pool_to=(1, 1))
     assert half.shape == (5, 32, 1, 1) and half.dtype == torch.float16

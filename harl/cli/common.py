@@ -66,15 +66,62 @@ def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> D
 def run_cli(fn, argv=None) -> int:
     """Run ``fn(argv)``, turning configuration and input errors into a one-line message + exit 2."""
     from harl.checkpoint import CheckpointMismatchError, CheckpointWriteError
+    from harl.clean_stop import TrainingStopped, data_error_message
     from harl.config import ConfigError
+    from harl.data.image_io import CorruptImageError, DataFileError
     from harl.guard import TrainingHalted
 
     try:
         fn(argv)
-    except (ConfigError, CheckpointMismatchError, CheckpointWriteError, TrainingHalted, FileNotFoundError) as err:
+    except (ConfigError, CheckpointMismatchError, CheckpointWriteError, TrainingHalted, FileNotFoundError,
+            TrainingStopped) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (CorruptImageError, DataFileError) as err:  # an unreadable file outside pretraining's clean stop
+        print(f"error: {data_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as err:
+        reason = write_failure(err)
+        if reason is None:
+            raise
+        print(f"error: could not write a file ({reason}); files already written are kept (every file is "
+              "written under a temporary name and renamed), free some space and rerun", file=sys.stderr)
+        return 1
     return 0
+
+
+def write_failure(err: BaseException) -> Optional[str]:
+    """A one-line reason when ``err`` (or its cause) is a failed write: disk full, quota, file-size limit."""
+    import errno
+
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return f"{os.strerror(err.errno)}: {err.filename}" if err.filename else os.strerror(err.errno)
+        text = str(err)
+        if isinstance(err, RuntimeError) and ("file write failed" in text or "No space left" in text):
+            return text.strip().splitlines()[0][:200]
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, table) -> None:
+    """Check parsed options against a value table (``{dest: harl.config_values.Value}``) before any
+    work starts; a bad value is a usage error naming the option, the value and what is expected
+    (exit code 2)."""
+    for dest, spec in table.items():
+        if not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        values = value if isinstance(value, list) and not hasattr(spec, "item") else [value]
+        for v in values:
+            if not spec.ok(v):
+                flag = "--" + dest.replace("_", "-")
+                for action in parser._actions:  # the option's own spelling (dest may differ from the flag)
+                    if action.dest == dest and action.option_strings:
+                        flag = action.option_strings[-1]
+                parser.error(f"argument {flag}: {v!r}: expected {spec.expected()}")

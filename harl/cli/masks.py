@@ -328,9 +328,22 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, tuple(kinds))
 
 
+def _arg_values():
+    from harl.config_values import Int, Num
+
+    return {"chunksize": Int(ge=0), "threshold": Num(), "pred_threshold": Num(), "gt_threshold": Num(),
+            "mask_threshold": Num(), "epochs": Int(ge=1), "lr": Num(gt=0), "weight_decay": Num(ge=0),
+            "num_workers": Int(ge=0), "seed": Int(ge=0)}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from harl.cli.common import check_args
+
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    sub = next((a.choices.get(getattr(args, a.dest, None)) for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction)), None)
+    check_args(sub or parser, args, _arg_values())
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -341,6 +354,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except Exception as err:  # noqa: BLE001 - filtered below
+        from harl.cli.common import write_failure
+
+        reason = write_failure(err)
+        if reason is not None:  # disk full / quota / size limit: finished masks are complete files
+            print(f"error: could not write a file ({reason}); finished masks are kept (each is written under a "
+                  "temporary name and renamed), free some space and rerun the same command to resume",
+                  file=sys.stderr)
+            return 1
         if not _is_user_error(err):
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -68,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from harl.cli.common import check_args
+    from harl.config_values import Int, Num, Seq
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args, {"size": Int(ge=1), "scale": Seq(Num(gt=0, le=1), length=2),
+                              "bg_crop": Seq(Num(gt=0, le=1), length=2), "n_train": Int(ge=0), "n_test": Int(ge=0),
+                              "seed": Int(ge=0), "threshold": Num(), "workers": Int(ge=1)})
     try:
         params = FashionScenesParams(
             size=args.size, scale=tuple(args.scale), background=args.background, tint=args.tint,

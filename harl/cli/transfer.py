@@ -15,7 +15,20 @@ import argparse
 import json
 import sys
 
-from harl.cli.common import run_cli
+from harl.cli.common import check_args, run_cli
+from harl.config_values import Int, Num, Seq
+
+#: types and ranges of the options (checked before any file is read)
+ARG_VALUES = {
+    "val_fraction": Num(gt=0, lt=1),
+    "split_seed": Int(ge=0),
+    "crop_size": Int(ge=1, nullable=True),
+    "max_iter": Int(ge=1),
+    "batch_size": Int(ge=1),
+    "num_workers": Int(ge=0),
+    "seed": Int(ge=0),
+    "penalties": Seq(Num(gt=0), nonempty=True),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +89,8 @@ def _transfer(argv) -> None:
         kwargs = json.loads(a.backbone_kwargs) if a.backbone_kwargs else None
     except ValueError as err:
         parser.error(f"bad --penalties / --backbone-kwargs: {err}")
+    a.penalties = penalties
+    check_args(parser, a, ARG_VALUES)
     res = run_transfer(a.pretrained, a.train, a.test, a.val, dataset=a.dataset, name=a.name,
                        val_fraction=a.val_fraction, split_seed=a.split_seed, crop_size=a.crop_size, resize=a.resize,
                        backbone_name=a.backbone, backbone_kwargs=kwargs, random_init=a.random_init, seed=a.seed,

@@ -273,7 +273,13 @@ def _expected_errors():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from harl.cli.common import check_args
+    from harl.config_values import Int, Num
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args, {"timeout": Num(gt=0), "device_count": Int(ge=1, nullable=True),
+                              "hours": Num(ge=0, nullable=True), "epochs": Int(ge=1, nullable=True)})
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

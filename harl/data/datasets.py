@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from harl.data.image_io import CorruptImageError
-from harl.data.mask_pairing import MaskReader
+from harl.data.image_io import CorruptImageError, DataFileError
+from harl.data.mask_pairing import MaskReader, MaskSizeMismatchError, MissingMaskError
 from harl.data.sources import ImageSource
 
 
@@ -36,6 +36,11 @@ class SkipTable:
     def __init__(self, n: int):
         self.flags = torch.zeros(max(int(n), 1), dtype=torch.uint8).share_memory_()
         self._warned: set = set()
+
+    def mark_quiet(self, i: int) -> None:
+        """Flag item ``i`` as unreadable without a warning (found by ``data.verify``, reported there)."""
+        self.flags[i] = 1
+        self._warned.add(i)
 
     def mark(self, i: int, err: Exception) -> None:
         self.flags[i] = 1
@@ -82,7 +87,12 @@ class _SourceDataset(Dataset):
         n = len(self.source)
         i = int(i)
         if self._skips is None:
-            img, mask = self._read(i)
+            try:
+                img, mask = self._read(i)
+            except (CorruptImageError, MissingMaskError, MaskSizeMismatchError) as err:
+                if torch.utils.data.get_worker_info() is None:
+                    raise
+                raise DataFileError(str(err)) from None  # reaches the main process as this one line
             return i, img, mask, int(self.source.targets[i])
         for k in range(n):
             j = (i + k) % n
@@ -96,6 +106,12 @@ class _SourceDataset(Dataset):
             return j, img, mask, int(self.source.targets[j])
         raise CorruptImageError(self.source.describe(i), "no readable image left in the dataset "
                                                          "(every file was skipped as unreadable)")
+
+    def mark_unreadable(self, indices) -> None:
+        """With ``skip_corrupt``: skip these items from the start (a ``data.verify`` result)."""
+        if self._skips is not None:
+            for i in indices:
+                self._skips.mark_quiet(int(i))
 
     # -- reporting ------------------------------------------------------------------------------
     @property

@@ -487,6 +487,14 @@ _WORKER_CTX: Optional[SceneContext] = None
 _WORKER_OUT: Optional[str] = None
 
 
+def _init_pool_worker(parent_pid: int, ctx: SceneContext, out_dir: str) -> None:
+    """Pool initializer: the worker exits when the generating process dies (kill -9 included)."""
+    from harl.utils.procs import die_with_parent
+
+    die_with_parent(parent_pid)
+    _init_worker(ctx, out_dir)
+
+
 def _init_worker(ctx: SceneContext, out_dir: str) -> None:
     global _WORKER_CTX, _WORKER_OUT
     _WORKER_CTX, _WORKER_OUT = ctx, out_dir
@@ -691,7 +699,8 @@ def generate_fashion_scenes(out_dir: str, params: Optional[FashionScenesParams] 
         else:
             methods = mp.get_all_start_methods()
             mpctx = mp.get_context("fork") if "fork" in methods else mp.get_context()
-            with mpctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(ctx, out_dir)) as pool:
+            with mpctx.Pool(min(workers, len(tasks)), initializer=_init_pool_worker,
+                          initargs=(os.getpid(), ctx, out_dir)) as pool:
                 for r in pool.imap_unordered(_run_chunk, tasks):
                     results.append(r)
                     bar.update(len(r["records"]))

@@ -37,6 +37,20 @@ class CorruptImageError(OSError):
         return (type(self), (self.path, self.reason))
 
 
+class DataFileError(RuntimeError):
+    """An item's image or mask cannot be used, raised from a DataLoader worker process.
+
+    torch re-raises a worker's exception in the main process as ``type(text)``, where ``text`` is
+    the worker's whole traceback; this class keeps only its own one-line message from it.
+    """
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message[message.rindex(marker) + len(marker):].strip().splitlines()[0]
+        super().__init__(message)
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A data directory (or dataset file set) is missing, empty or holds no images."""
 

@@ -54,6 +54,8 @@ class EpochShuffleSampler(Sampler[int]):
         self.shuffle = shuffle
         self.epoch_source = epoch_source
         self.epoch = 0
+        #: samples of the next iteration to skip (a run resumed mid-epoch, see harl.clean_stop)
+        self.skip = 0
 
     def __len__(self) -> int:
         return self.num_samples // world_size()
@@ -73,7 +75,8 @@ class EpochShuffleSampler(Sampler[int]):
         epoch = int(self.epoch_source()) if self.epoch_source is not None else self.epoch
         self.epoch = epoch + 1
         base = epoch * self.num_samples
-        return iter((base + self.indices(epoch)).tolist())
+        skip, self.skip = self.skip, 0
+        return iter((base + self.indices(epoch)[skip:]).tolist())
 
 
 class EpochSeededDataset(Dataset):
@@ -113,13 +116,20 @@ class EpochSeededDataset(Dataset):
 
 
 class SamplerState(Callback):
-    """Saves the sampler's epoch counter in checkpoints and restores it on resume."""
+    """Saves the sampler's epoch counter in checkpoints and restores it on resume.
+
+    A mid-epoch checkpoint (``override`` set while it is written) also stores how many samples of
+    that epoch were already trained on; a run resumed from it skips them."""
 
     def __init__(self, sampler: EpochShuffleSampler):
         self.sampler = sampler
+        self.override: Optional[dict] = None
 
     def state_dict(self):
+        if self.override is not None:
+            return dict(self.override)
         return {"sampler_epoch": self.sampler.epoch}
 
     def load_state_dict(self, state_dict) -> None:
         self.sampler.epoch = int(state_dict["sampler_epoch"])
+        self.sampler.skip = int(state_dict.get("skip_samples", 0))

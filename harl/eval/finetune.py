@@ -99,6 +99,47 @@ FINETUNE_SCHEMA: Dict[str, Any] = {
     "progress": True,
 }
 
+def _values() -> Dict[str, Any]:
+    from harl.config_values import COMMON_VALUES, MEAN_STD, Bool, Either, Int, Num, Seq, Str
+
+    keep = ("name", "seed", "max_epochs", "data.dataset", "data.train_path", "data.val_path", "data.num_workers",
+            "data.download", "data.skip_corrupt", "data.num_classes", "optimizer.batch_size", "optimizer.weight_decay",
+            "scheduler.warmup_epochs", "checkpoint.dir", "accelerator")
+    one_or_list = lambda v: Either(v, Seq(v, nonempty=True))  # noqa: E731
+    return {
+        **{k: COMMON_VALUES[k] for k in keep},
+        "pretrained_feature_extractor": Str(nullable=True),
+        "random_init": Bool(),
+        "backbone.name": Str(nullable=True),
+        "eval_highpass": Bool(nullable=True),
+        "data.augmentations.crop_size": Int(ge=1, nullable=True),
+        "data.augmentations.mean": MEAN_STD,
+        "data.augmentations.std": Seq(Num(gt=0), length=3, nullable=True),
+        "subset.fraction": Num(gt=0, le=1, nullable=True),
+        "subset.per_class": Int(ge=1, nullable=True),
+        "subset.file": Str(nullable=True),
+        "subset.seed": Int(ge=0),
+        "search.lr": one_or_list(Num(gt=0)),
+        "search.weight_decay": one_or_list(Num(ge=0)),
+        "search.holdout_fraction": Num(gt=0, lt=1),
+        "search.max_epochs": Int(ge=1, nullable=True),
+        "search.metric": Str(["top1", "top5"]),
+        "optimizer.lr": Num(gt=0, nullable=True),
+        "optimizer.momentum": Num(ge=0, lt=1),
+        "optimizer.nesterov": Bool(),
+        "optimizer.accumulate_grad_batches": Int(ge=1),
+        "scheduler.name": Str(["cosine", "none"]),
+        "checkpoint.run_dir": Str(nullable=True),
+        "precision": Either(Str(), Int(ge=1)),
+        "channels_last": Bool(),
+        "save_model": Bool(),
+        "progress": Bool(),
+    }
+
+
+#: types and ranges of the values of :data:`FINETUNE_SCHEMA` (see :mod:`harl.config_values`)
+FINETUNE_VALUES: Dict[str, Any] = _values()
+
 PRECISIONS = {"32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
               "16": torch.float16, "16-mixed": torch.float16}
 
@@ -119,6 +160,9 @@ def validate_finetune_cfg(cfg: Any) -> DictConfig:
     """
     # "resolved" and "pretrain_method" are written into args.json by the runner
     out = check_schema(cfg, FINETUNE_SCHEMA, allow_trainer_keys=False, drop=("resolved", "pretrain_method"))
+    from harl.config_values import check_values
+
+    check_values(out, FINETUNE_VALUES)
     import harl.data  # noqa: F401  (registers the datasets)
     from harl.data.registry import DATASETS
 

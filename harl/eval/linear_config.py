@@ -111,6 +111,45 @@ LINEAR_SCHEMA: Dict[str, Any] = {
     "_parsed": False,
 }
 
+def _values() -> Dict[str, Any]:
+    from harl.config_values import (COMMON_VALUES, MASKS_VALUES, MEAN_STD, Bool, Either, Int, Num, Prob, Seq,
+                                    Str)
+
+    one_or_list = lambda v: Either(v, Seq(v, nonempty=True))  # noqa: E731
+    return {
+        **COMMON_VALUES,
+        **{k: v for k, v in MASKS_VALUES.items() if k.split(".")[2] in LINEAR_SCHEMA["data"]["masks"]},
+        "pretrained_feature_extractor": Str(nullable=True),
+        "pretrain_method": Str(nullable=True),
+        "backbone.name": Str(nullable=True),
+        # choices (mode, protocol, dense.loss, ...) and knn.k / knn.T / eval_highpass: _check_values
+        "mode": Str(),
+        "protocol": Str(),
+        "finetune": Bool(),
+        "random_init": Bool(),
+        "random_init_baseline": Bool(),
+        "hp_kernel": Int(ge=1, nullable=True),
+        "hp_sigma": Num(gt=0, nullable=True),
+        "data.augmentations.crop_size": Int(ge=1, nullable=True),
+        "data.augmentations.mean": MEAN_STD,
+        "data.augmentations.std": Seq(Num(gt=0), length=3, nullable=True),
+        "knn.distance_func": one_or_list(Str()),
+        "dense.loss": Str(),
+        "cache.enabled": Bool(),
+        "cache.dir": Str(nullable=True),
+        "label_smoothing": Num(ge=0, lt=1),
+        "head_norm": Str(nullable=True),
+        "auto_augment": Either(Bool(), Str()),
+        "mixup": Num(ge=0),
+        "cutmix": Prob(),
+        "pretrained_sha256": Str(nullable=True),
+        "_parsed": Bool(),
+    }
+
+
+#: types and ranges of the values of :data:`LINEAR_SCHEMA` (see :mod:`harl.config_values`)
+LINEAR_VALUES: Dict[str, Any] = _values()
+
 #: top-level keys of the schema that are also ``Trainer`` arguments (handled explicitly)
 _HANDLED_TRAINER_KEYS = {"max_epochs", "devices", "num_nodes", "accelerator", "strategy", "precision",
                          "sync_batchnorm"}
@@ -144,6 +183,10 @@ def validate_linear_cfg(cfg: Any) -> DictConfig:
         raise ConfigError(f"unknown optimizer '{opt_name}'{close_match_hint(opt_name, OPTIMIZERS.names())}")
     out["optimizer"]["kwargs"] = check_kwargs(out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs,
                                               "optimizer.kwargs")
+    from harl.config_values import check_kwargs_values, check_values
+
+    check_values(out, LINEAR_VALUES)
+    check_kwargs_values(out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs")
     _check_values(out)
     return OmegaConf.create(out)
 

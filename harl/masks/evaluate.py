@@ -120,7 +120,9 @@ def evaluate_trees(pred_root: str, gt_root: str, pred_threshold: float = 0.0, gt
         if workers <= 1:
             outs = map(_compare_star, args)
         else:
-            pool = ProcessPoolExecutor(max_workers=workers)
+            from harl.utils.procs import die_with_parent
+
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
             outs = pool.map(_compare_star, args, chunksize=max(1, min(64, len(args) // (workers * 8) or 1)))
         for out in outs:
             if "error" in out:

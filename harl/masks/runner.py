@@ -127,7 +127,11 @@ def _result_row(relpath: str, mask: np.ndarray, info: Dict[str, Any]) -> Dict[st
 _WORKER: Dict[str, Any] = {}
 
 
-def _init_worker(job, out_root: str, torch_threads: int) -> None:
+def _init_worker(job, out_root: str, torch_threads: int, parent_pid: Optional[int] = None) -> None:
+    if parent_pid is not None:  # a pool worker: never outlive the command (kill -9 included)
+        from harl.utils.procs import die_with_parent
+
+        die_with_parent(parent_pid)
     if torch_threads > 0:
         try:
             import torch
@@ -523,7 +527,7 @@ def _run_pool(job, todo: Sequence[str], out_root: str, options: RunOptions, cons
     ctx = _mp_context(options, getattr(job, "uses_torch", False))
     torch_threads = max(1, (os.cpu_count() or 1) // workers) if getattr(job, "uses_torch", False) else 0
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(job, out_root, torch_threads)) as pool:
+                             initargs=(job, out_root, torch_threads, os.getpid())) as pool:
         pending = set()
         it = iter(chunks)
         try:

@@ -97,12 +97,23 @@ class BaseMethod(pl.LightningModule):
     uses_masks: ClassVar[bool] = False
     _DEFAULT_METHOD_KWARGS: ClassVar[Dict[str, Any]] = {}
     _REQUIRED_METHOD_KWARGS: ClassVar[Tuple[str, ...]] = ()
+    #: ranges of this method's kwargs that differ from the shared table
+    #: (``harl.config_values.METHOD_KWARG_VALUES``), e.g. SwAV's ``queue_size`` may be 0 (no queue)
+    _METHOD_KWARG_VALUES: ClassVar[Dict[str, Any]] = {}
 
     @classmethod
     def default_method_kwargs(cls) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
             out.update(copy.deepcopy(klass.__dict__.get("_DEFAULT_METHOD_KWARGS", {})))
+        return out
+
+    @classmethod
+    def method_kwarg_values(cls) -> Dict[str, Any]:
+        """Value specs of ``method_kwargs`` declared by this class and its parents (later classes win)."""
+        out: Dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(klass.__dict__.get("_METHOD_KWARG_VALUES", {}))
         return out
 
     @classmethod

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from harl.config_values import Int
 from harl.heads import PrototypeLayer, mlp
 from harl.losses import sinkhorn_knopp, swav_loss
 from harl.methods.base import BaseMethod
@@ -35,6 +36,7 @@ class SwAV(BaseMethod):
     _DEFAULT_METHOD_KWARGS = {"proj_hidden_dim": 2048, "proj_output_dim": 128, "num_prototypes": 3000,
                               "temperature": 0.1, "queue_size": 3840, "epoch_queue_starts": 15,
                               "freeze_prototypes_epochs": 1, "sk_iters": 3, "sk_epsilon": 0.05}
+    _METHOD_KWARG_VALUES = {"queue_size": Int(ge=0)}  # 0: no queue
 
     def __init__(self, cfg):
         super().__init__(cfg)
