@@ -1,7 +1,7 @@
 """Loader throughput: the mask-aware pretraining loader vs the image-only one on the same images.
 
 Both loaders come from :func:`harl.data.build_pretrain_dataset` / ``build_pretrain_loader`` with
-the same config (HARL's asymmetric T / T′ pipelines of SPEC §3.1 at ``--size`` px, two views,
+the same config (HARL's asymmetric T / T′ pipelines of docs/augmentation.md at ``--size`` px, two views,
 batch ``--batch``); the mask-aware one adds ``data.masks`` (fg acceptance 0.2, 5 tries): it reads a
 mask PNG per image, draws crops against it and carries the masks + coords through the collate.
 Rounds interleave the two loaders (so machine load hits both alike) for each ``num_workers``
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     if not os.path.isdir(os.path.join(root, "images")):
         write_images(root, args.images, args.size)
 
-    print(f"{args.images} images of {args.size} px, batch {args.batch}, 2 views (SPEC §3.1 T/T'), "
+    print(f"{args.images} images of {args.size} px, batch {args.batch}, 2 views (docs/augmentation.md T/T'), "
           f"{args.rounds} interleaved rounds, medians")
     print(f"{'workers':>7} | {'image-only img/s':>16} | {'mask-aware img/s':>16} | ratio | CPU-time ratio")
     for w in args.workers:

@@ -1,4 +1,4 @@
-"""JointViewTransform (SPEC §3.2), the N-crop wrapper and the evaluation transforms."""
+"""JointViewTransform (docs/augmentation.md), the N-crop wrapper and the evaluation transforms."""
 
 from __future__ import annotations
 

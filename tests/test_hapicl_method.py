@@ -1,4 +1,4 @@
-"""HAPiCL methods (SPEC §5, §8.2): hapicl_simclr, hapicl_mocov2plus, hapicl_byol.
+"""HAPiCL methods (docs/methods/hapicl.md, docs/architecture.md): hapicl_simclr, hapicl_mocov2plus, hapicl_byol.
 
 The pure pixel loss has its own loop tests (test_losses_hapicl.py); here the *method* is checked:
 its logged pixel loss against a naive per-pixel loop on the method's own embeddings and on masks
@@ -125,7 +125,7 @@ def _grid_loop(mask: torch.Tensor, h: int, w: int, thr: float):
 
 
 def _spatial_loop(box1, box2, h: int, w: int, radius: float):
-    """SPEC §5.6 written out: cell centres in original-image coordinates, distance / max bin diagonal."""
+    """docs/methods/hapicl.md written out: cell centres in original-image coordinates, distance / max bin diagonal."""
     def centres(box):
         x0, y0, x1, y1 = box
         return [((c + 0.5) * (x1 - x0) / w + x0, (r + 0.5) * (y1 - y0) / h + y0) for r in range(h) for c in range(w)]

@@ -1,4 +1,4 @@
-"""harl.losses.hapicl: pixel pairs and the pixel contrastive loss (SPEC §5.2, §5.3, §5.6)."""
+"""harl.losses.hapicl: pixel pairs and the pixel contrastive loss (docs/methods/hapicl.md)."""
 
 import math
 

@@ -1,5 +1,5 @@
 """harl.losses.harl: region pooling + empty policy, weighted BYOL, total loss table, α/β schedules
-(SPEC §4.2–§4.6), against naive loops and hand computations."""
+(docs/methods/harl.md), against naive loops and hand computations."""
 
 import math
 

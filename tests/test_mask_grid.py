@@ -1,4 +1,4 @@
-"""harl.masks.grid: mask → feature grid, masked pooling, cell geometry (SPEC §3.3, §4.2, §4.5, §5.6).
+"""harl.masks.grid: mask → feature grid, masked pooling, cell geometry (docs/augmentation.md, docs/methods/harl.md, docs/methods/hapicl.md).
 
 Every formula is checked against a naive Python loop or a hand computation.
 """

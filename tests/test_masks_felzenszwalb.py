@@ -1,4 +1,4 @@
-"""The felzenszwalb mask generator (SPEC §2.2 a): sizes, statistics, scores, selection, guards."""
+"""The felzenszwalb mask generator (docs/masks.md): sizes, statistics, scores, selection, guards."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The saliency generator (SPEC §2.2 b): head, inference geometry, label-free training, CLI."""
+"""The saliency generator (docs/masks.md): head, inference geometry, label-free training, CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SGM methods (``sgm_mocov2``, ``sgm_simclr``; SPEC §6): training steps, hard negatives, queue,
+"""SGM methods (``sgm_mocov2``, ``sgm_simclr``; docs/methods/sgm.md): training steps, hard negatives, queue,
 saliency sources, filters, reproducibility, degenerate saliency, checkpoints.
 
 The operators themselves (cell counts, focal masks, filters vs naive loops) are tested in

@@ -1,4 +1,4 @@
-"""Saliency-guided masking operators (SPEC §6, §11 item 5): filters, saliency, counts, masks, logits."""
+"""Saliency-guided masking operators (docs/methods/sgm.md): filters, saliency, counts, masks, logits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``harl-masks``: offline mask generation, import, evaluation (SPEC §2.2).
+"""``harl-masks``: offline mask generation, import, evaluation (docs/masks.md).
 
 Subcommands::
 
@@ -42,7 +42,7 @@ def _field_type(tp) -> type:
 def add_params_options(parser: argparse.ArgumentParser, params_cls: type) -> None:
     """One ``--dash-name`` option per dataclass field, with the field's default and help."""
     hints = typing.get_type_hints(params_cls)
-    group = parser.add_argument_group(f"{params_cls.__name__} (defaults: SPEC §10)")
+    group = parser.add_argument_group(f"{params_cls.__name__} (defaults: docs/masks.md)")
     for f in dataclasses.fields(params_cls):
         meta = f.metadata or {}
         flag = "--" + f.name.replace("_", "-")

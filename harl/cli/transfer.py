@@ -2,7 +2,7 @@
 
 ℓ2-regularised logistic regression on frozen, cached features; the penalty is chosen on a
 validation split (given, or held out from train), then the model is refit on train + val and
-evaluated on test (SPEC §9.1)::
+evaluated on test (docs/protocols.md)::
 
     harl-transfer --pretrained trained_models/harl/<version>/<name>-ep=199.ckpt \\
         --train datasets/dtd/train --val datasets/dtd/val --test datasets/dtd/test

@@ -1,5 +1,5 @@
 """Deterministic evaluation transforms (validation, kNN, feature extraction, dense probes) and the
-linear-probe training transform (SPEC §8.6), each optionally carrying a mask through the same
+linear-probe training transform (docs/evaluation.md), each optionally carrying a mask through the same
 geometry.
 
 Validation geometry per dataset (solo-learn's ``prepare_transforms``), see :class:`EvalGeometry`:

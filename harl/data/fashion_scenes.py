@@ -11,7 +11,7 @@ Layout written under ``out``::
     params.json                                   written first: generator, version, parameters
     images/{train,test}/<class_name>/<id>.png     RGB scenes (ImageFolder layout)
     masks/{train,test}/<class_name>/<id>.png      L masks, {0, 255}, same relative path
-    masks/<split>/manifest.csv                    SPEC §2.1 mask manifest (relpath, height, ...)
+    masks/<split>/manifest.csv                    docs/masks.md mask manifest (relpath, height, ...)
     images/test_<style>/..., masks/test_<style>/  optional test variants (same items and layout as
                                                   ``test``, background replaced by ``<style>``)
     manifest.csv                                  one row per scene: source item, layout, fg fraction
@@ -730,7 +730,7 @@ def _finish(out_dir: str, params: FashionScenesParams, ctx: SceneContext, splits
         sums[r["split"]] += np.asarray(r["sum"], dtype=np.int64)
         sqs[r["split"]] += np.asarray(r["sumsq"], dtype=np.int64)
 
-    # scene manifest (all splits) + SPEC §2.1 mask manifests (one per split)
+    # scene manifest (all splits) + docs/masks.md mask manifests (one per split)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(MANIFEST_FIELDS)

@@ -1,4 +1,4 @@
-"""Pairing an image with its mask file (SPEC §2.1), lazily, one item at a time.
+"""Pairing an image with its mask file (docs/masks.md), lazily, one item at a time.
 
 The mask of source item ``i`` is ``<root>/<source.mask_relpath(i, suffix)>``. Nothing is scanned
 at start-up beyond checking that ``root`` is a non-empty directory, so an ImageNet-size tree is

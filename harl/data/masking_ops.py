@@ -1,7 +1,7 @@
 """Saliency-guided masking (SGM, WACV 2024): pure, batched tensor operators.
 
 Everything here is a function of tensors (plus an optional ``torch.Generator``) and runs on the
-device of its input; nothing holds state. SPEC §6 describes the procedure; the pieces are:
+device of its input; nothing holds state. docs/methods/sgm.md describes the procedure; the pieces are:
 
 * saliency → a B×G×G boolean fg-cell map: :func:`saliency_from_activation` (channel sum of a c5
   map, element-wise ``A ≥ mean − k·std`` rule) or :func:`saliency_from_mask` (fg fraction of a
@@ -80,7 +80,7 @@ def _randint(high: int, shape: Sequence[int], generator: Optional[torch.Generato
 
 @dataclass(frozen=True)
 class SGMMaskConfig:
-    """The masking hyper-parameters of SPEC §10 (``sgm_*`` method_kwargs, same names/defaults).
+    """The masking hyper-parameters of docs/methods/sgm.md (``sgm_*`` method_kwargs, same names/defaults).
 
     ``pos`` = masked query (r ~ U[pos_ratio], noise std 0.18, focal window 0.893·S, noise
     outside); ``neg`` = hard negative (r ~ U[neg_ratio], std 0.14, window 0.580·S, noise inside,
@@ -204,7 +204,7 @@ def cells_to_pixels(cells: torch.Tensor, height: int, width: int) -> torch.Tenso
 
 
 def saliency_from_activation(act: torch.Tensor, grid_size: int = 7, std_factor: float = 0.6) -> torch.Tensor:
-    """Foreground cells from a frozen backbone's c5 activation (SPEC §6, ``supervised_r50``/``online``).
+    """Foreground cells from a frozen backbone's c5 activation (docs/methods/sgm.md, ``supervised_r50``/``online``).
 
     A = Σ_c act (B×h×w), adaptive-average-pooled to G×G when h×w ≠ G×G; a cell is fg iff
     ``A_ij ≥ mean(A) − std_factor·std(A)``, element-wise per image. ``std`` is the **population**
@@ -269,7 +269,7 @@ def _check_fg(fg: torch.Tensor) -> torch.Tensor:
 
 def sgm_cell_counts(fg: torch.Tensor, ratios: torch.Tensor, fg_cap: float = 0.55,
                     mode: str = "pos") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Number of fg and bg cells to mask per image (SPEC §6, step 2).
+    """Number of fg and bg cells to mask per image (docs/methods/sgm.md, step 2).
 
     FG_ratio = |FG|/G²; n_fg = round(min(r·FG_ratio, fg_cap)·G²) (round half to even, as
     Python's ``round``); n_bg = ⌊G²·r⌋ − n_fg for ``pos``, 0 for ``neg``; then each is clamped to
@@ -539,7 +539,7 @@ def fill(x: torch.Tensor, pixel_mask: torch.Tensor, strategy: str = "hp", *, noi
 def sgm_mask_batch(x: torch.Tensor, fg_cells: torch.Tensor, cfg: Optional[SGMMaskConfig] = None,
                    mode: str = "pos", generator: Optional[torch.Generator] = None
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SGM's masking operator on a batch (SPEC §6 "Masking operator").
+    """SGM's masking operator on a batch (docs/methods/sgm.md "Masking operator").
 
     Per image: with p ``focal_prob`` focal masking (window 0.893·S, noise outside for ``pos``;
     0.580·S, noise inside for ``neg``); otherwise r ~ U[ratio], n_fg / n_bg cells
@@ -556,7 +556,7 @@ def sgm_mask_batch(x: torch.Tensor, fg_cells: torch.Tensor, cfg: Optional[SGMMas
 
     Args:
         x: B×C×H×W views (``hp``: already high-passed); fg_cells: B×G×G bool saliency.
-        cfg: :class:`SGMMaskConfig` (defaults of SPEC §10); mode: ``pos`` | ``neg``.
+        cfg: :class:`SGMMaskConfig` (defaults of docs/methods/sgm.md); mode: ``pos`` | ``neg``.
     Returns:
         (masked x B×C×H×W, pixel mask B×C×H×W bool, True = filled).
     """

@@ -1,4 +1,4 @@
-"""``JointViewTransform``: one augmentation pipeline for images with or without masks (SPEC §3).
+"""``JointViewTransform``: one augmentation pipeline for images with or without masks (docs/augmentation.md).
 
 Without masks it is solo-learn's pretraining pipeline, op for op and draw for draw (same
 torch / python ``random`` consumption, so the same seeds give the same tensors):
@@ -26,7 +26,7 @@ With masks (``masks`` options given) each view additionally
    vertical one).
 
 The flip is drawn after the photometric ops (solo-learn's order); every photometric op here is
-flip-equivariant (pointwise, histogram-based, or a symmetric blur), so this equals SPEC §3.2's
+flip-equivariant (pointwise, histogram-based, or a symmetric blur), so this equals docs/augmentation.md's
 "flip, then photometrics". Randomness comes only from torch's global RNG and python's ``random``
 (the blur σ, as solo-learn), never numpy's global RNG.
 """
@@ -264,7 +264,7 @@ def mask_fg_fraction(mask: np.ndarray, top: int, left: int, height: int, width: 
 def sample_crop_box(img: Image.Image, scale: Tuple[float, float], mask: Optional[np.ndarray] = None,
                     opts: Optional[MaskCropOptions] = None,
                     ratio: Tuple[float, float] = RRC_RATIO) -> Tuple[int, int, int, int]:
-    """RRC box ``(top, left, height, width)`` with the fg-acceptance rule (SPEC §3.2 step 2).
+    """RRC box ``(top, left, height, width)`` with the fg-acceptance rule (docs/augmentation.md step 2).
 
     Without ``mask``/``opts``, or with ``opts.min_fg_frac`` None, or a mask without fg: exactly one
     ``RandomResizedCrop.get_params`` draw (solo-learn's crop). Otherwise up to ``max_tries`` draws;

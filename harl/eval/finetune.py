@@ -1,6 +1,6 @@
-"""Semi-supervised fine-tuning (SPEC §9.1): the whole backbone + a linear head on a labelled subset.
+"""Semi-supervised fine-tuning (docs/protocols.md): the whole backbone + a linear head on a labelled subset.
 
-Protocol (BYOL / SimCLR, [I] in SPEC): pick a seeded, class-balanced labelled subset of the
+Protocol (BYOL / SimCLR; harl's reading of it, the papers leave details open): pick a seeded, class-balanced labelled subset of the
 training split (1 %, 10 %, any fraction, k images per class, or a list file such as SimCLR's
 ImageNet 1 % / 10 % lists) — :mod:`harl.eval.subsets`; fine-tune backbone + linear head with SGD,
 Nesterov momentum 0.9, no weight decay, a short cosine schedule stepped per optimizer step

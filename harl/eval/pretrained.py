@@ -61,7 +61,7 @@ from torch import nn
 
 from harl.checkpoint import CheckpointMismatchError, backbone_state_dict, read_run_config, read_state_dict, strict_load
 
-#: SGM's default high-pass filter (SPEC §6, §10)
+#: SGM's default high-pass filter (docs/methods/sgm.md)
 DEFAULT_HP_KERNEL = 11
 DEFAULT_HP_SIGMA = 5.0
 

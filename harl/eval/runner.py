@@ -71,7 +71,7 @@ class EvalContext:
 
 
 def resolve_highpass(cfg: DictConfig, info: Dict[str, Any]) -> Tuple[bool, int, float]:
-    """``(apply, kernel, sigma)`` of the evaluation high-pass filter (SPEC §6).
+    """``(apply, kernel, sigma)`` of the evaluation high-pass filter (docs/methods/sgm.md).
 
     ``eval_highpass`` null (default) → on iff the checkpoint was pretrained on high-pass inputs
     (``info["highpass"]``), with the checkpoint's kernel / sigma unless ``hp_kernel`` /
@@ -88,7 +88,7 @@ def resolve_highpass(cfg: DictConfig, info: Dict[str, Any]) -> Tuple[bool, int, 
             warnings.warn(
                 f"checkpoint '{info.get('path')}' was pretrained on high-pass inputs (method "
                 f"'{info.get('method')}', sgm_strategy hp) but eval_highpass=false: evaluating on unfiltered "
-                "images, unlike the SGM protocol (SPEC §6); remove eval_highpass to apply it automatically")
+                "images, unlike the SGM protocol (docs/methods/sgm.md); remove eval_highpass to apply it automatically")
     kernel = cfg.hp_kernel if cfg.hp_kernel is not None else (info.get("hp_kernel") or DEFAULT_HP_KERNEL)
     sigma = cfg.hp_sigma if cfg.hp_sigma is not None else (info.get("hp_sigma") or DEFAULT_HP_SIGMA)
     return apply, int(kernel), float(sigma)

@@ -7,7 +7,7 @@ Objective for weights ``W`` (D×K) and bias ``b`` (K), features ``X`` (N×D), la
 i.e. scikit-learn's ``LogisticRegression(C=1/(λN))``. It is strictly convex in ``W`` for λ > 0;
 :func:`fit_logistic_regression` minimises it with full-batch L-BFGS (strong-Wolfe line search).
 
-The protocol (BYOL / SimCLR / Kornblith et al. 2019; SPEC §9.1): standardise features with the
+The protocol (BYOL / SimCLR / Kornblith et al. 2019; docs/protocols.md): standardise features with the
 training statistics, fit one model per penalty of a log-spaced grid (:data:`DEFAULT_PENALTIES`,
 45 values in 10⁻⁶…10⁵) on *train*, pick the penalty with the best *validation* score
 (:func:`search_penalty`; ties go to the largest penalty), then refit on *train + val* with that
@@ -309,7 +309,7 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
                  checkpoint_dir: str = "trained_models", cache_dir: Optional[str] = None, use_cache: bool = True,
                  batch_size: int = 256, num_workers: int = 4, device: Optional[str] = None,
                  fit_device: Optional[str] = None, skip_corrupt: bool = False, progress: bool = True) -> Dict:
-    """The transfer linear protocol (SPEC §9.1) for an image dataset.
+    """The transfer linear protocol (docs/protocols.md) for an image dataset.
 
     ``train_path`` / ``test_path`` (and ``val_path`` when the dataset provides a validation split,
     e.g. DTD) are read with :func:`harl.data.build_classification_dataset` for ``dataset``

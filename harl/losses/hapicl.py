@@ -1,4 +1,4 @@
-"""HAPiCL's mask-split pixel-level contrastive loss (SPEC §5.2, §5.3, §5.6).
+"""HAPiCL's mask-split pixel-level contrastive loss (docs/methods/hapicl.md).
 
 Pure functions, no module state. Pairs are cells of the *same image* across its two views; the
 mask decides which pairs are positive (same region) and which are negative.
@@ -40,7 +40,7 @@ PIX_POSITIVES = {
 
 def pixel_pair_masks(m1_fg: torch.Tensor, m2_fg: torch.Tensor,
                      positives: str = "fg_bg") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Positive / negative cell pairs across the two views of each image (§5.2).
+    """Positive / negative cell pairs across the two views of each image (docs/methods/hapicl.md).
 
     - ``fg_bg``: Pos_ij = (f1_i ∧ f2_j) ∨ (b1_i ∧ b2_j) with b = ¬f;
     - ``fg_only``: Pos_ij = f1_i ∧ f2_j;
@@ -130,7 +130,7 @@ def pixel_contrastive_loss_and_stats(
 def pixel_contrastive_loss(P1: torch.Tensor, P2: torch.Tensor, m1_fg: torch.Tensor, m2_fg: torch.Tensor,
                            temperature: float = 0.2, variant: str = "A", positives: str = "fg_bg",
                            skip_degenerate: bool = True, spatial_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """HAPiCL pixel loss L_pix(P₁, P₂) (§5.2–§5.3, §5.6).
+    """HAPiCL pixel loss L_pix(P₁, P₂) (docs/methods/hapicl.md).
 
     ``S_bij = exp(⟨P₁[b,:,i], P₂[b,:,j]⟩/τ)``, ``pos_b = Σ_ij S·Pos``, ``neg_b = Σ_ij S·Neg``
     (Pos/Neg from :func:`pixel_pair_masks`), then

@@ -1,5 +1,5 @@
 """HARL: fg/bg region pooling, weighted BYOL branch losses, their combination and schedules
-(SPEC §4.2–§4.6).
+(docs/methods/harl.md).
 
 Pure functions, no module state. Typical use inside a method (views v = 1, 2, masks on the grid
 of the map they pool)::
@@ -29,7 +29,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# Pooling and empty regions (§4.2, §4.5, §4.6)
+# Pooling and empty regions (docs/methods/harl.md: One training step, Feature-map options, Empty regions)
 # --------------------------------------------------------------------------------------------
 
 #: ``pooling`` → fn(feat B×C×h×w, mask, eps) → B×C. ``pixel_shuffle`` takes the mask at 2h×2w.
@@ -39,7 +39,7 @@ POOLINGS = {
     "pixel_shuffle": lambda feat, m, eps: pixel_shuffle_pool(feat, m, eps),
 }
 
-#: ``empty_mask_policy`` values (§4.6).
+#: ``empty_mask_policy`` values (docs/methods/harl.md: Empty regions).
 EMPTY_POLICIES = ("exclude", "faithful")
 
 
@@ -48,7 +48,7 @@ def _region_present(m: torch.Tensor) -> torch.Tensor:
 
 
 def region_validity(m_view1: torch.Tensor, m_view2: torch.Tensor) -> torch.Tensor:
-    """A region is valid for a sample iff its mask is non-empty in *both* views (§4.6).
+    """A region is valid for a sample iff its mask is non-empty in *both* views (docs/methods/harl.md: Empty regions).
 
     Args:
         m_view1, m_view2: B×1×h×w (or B×h×w; the two views may use different grids) region masks
@@ -80,14 +80,14 @@ def pool_regions(feat: torch.Tensor, m_fg: Optional[torch.Tensor], m_bg: Optiona
                  pooling: str = "masked_mean", eps: float = 1.0, empty_policy: str = "exclude",
                  valid_f: Optional[torch.Tensor] = None,
                  valid_b: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:
-    """Global, fg and bg vectors of one view's feature map (§4.2) with the empty-region policy (§4.6).
+    """Global, fg and bg vectors of one view's feature map (docs/methods/harl.md: One training step) with the empty-region policy (docs/methods/harl.md: Empty regions).
 
     ``h_g = mean_hw F``; ``h_f``/``h_b`` use ``pooling``: ``masked_mean`` Σ(F⊙M)/(ΣM + eps),
     ``gap_masked`` Σ(F⊙M)/(hw), ``pixel_shuffle`` (masks at 2h×2w, see
     :func:`harl.masks.grid.pixel_shuffle_pool`).
 
     Validity: pass ``valid_f``/``valid_b`` from :func:`region_validity` (empty in *either* view ⇒
-    invalid, §4.6); if omitted, only this view's mask is checked (ΣM > 0).
+    invalid, docs/methods/harl.md: Empty regions); if omitted, only this view's mask is checked (ΣM > 0).
 
     - ``exclude`` (default): an invalid sample's region vector is replaced by ``h_g`` (keeps the
       projector's BN statistics sane) and its weight is 0.
@@ -118,7 +118,7 @@ def pool_regions(feat: torch.Tensor, m_fg: Optional[torch.Tensor], m_bg: Optiona
 
 
 # --------------------------------------------------------------------------------------------
-# Branch losses (§4.3 step 4, §4.6)
+# Branch losses (docs/methods/harl.md: One training step, Empty regions)
 # --------------------------------------------------------------------------------------------
 
 def weighted_byol_loss(p: torch.Tensor, z: torch.Tensor, w: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -161,7 +161,7 @@ def harl_branch_loss(p1: torch.Tensor, p2: torch.Tensor, z1_target: torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------
-# Total loss (§4.3 step 5, §4.4 hybrid_mode)
+# Total loss (docs/methods/harl.md: One training step, Schedules)
 # --------------------------------------------------------------------------------------------
 
 #: ``hybrid_mode`` → weight γ of L_g in the hybrid terms given (β, mask_weight).
@@ -182,7 +182,7 @@ LOSS_TYPES = {
 
 def harl_loss_weights(loss_type: str, alpha: float, beta: float, mask_weight: float = 0.5,
                       hybrid_mode: str = "cosine_decay_global") -> Dict[str, float]:
-    """Weights of L_g, L_f, L_b in the total (§4.3 table); only the branches used appear.
+    """Weights of L_g, L_f, L_b in the total (docs/methods/harl.md: One training step); only the branches used appear.
 
     With γ = β (``cosine_decay_global``) or γ = 1 − ``mask_weight`` (``fixed_mask_weight``):
 
@@ -225,7 +225,7 @@ def harl_total_loss(L_g: Optional[torch.Tensor], L_f: Optional[torch.Tensor], L_
 
 
 # --------------------------------------------------------------------------------------------
-# Schedules (§4.4)
+# Schedules (docs/methods/harl.md: Schedules)
 # --------------------------------------------------------------------------------------------
 
 def cosine_coefficient(step: int, total: int) -> float:
@@ -259,7 +259,7 @@ BETA_MODES = {
 
 def alpha_schedule(step: int, total: int, alpha_base: float, mode: str = "cosine",
                    epoch: Optional[int] = None, max_epochs: Optional[int] = None) -> float:
-    """fg weight α_k in L_mask (§4.4).
+    """fg weight α_k in L_mask (docs/methods/harl.md: Schedules).
 
     - ``cosine``: ``α_k = 1 − (1 − α_base)·c_k``, rising from α_base (k = 0) to 1 (k = K).
     - ``fixed``: α_base.
@@ -274,7 +274,7 @@ def alpha_schedule(step: int, total: int, alpha_base: float, mode: str = "cosine
 
 def beta_schedule(step: int, total: int, lambda_base: float, mode: str = "cosine",
                   beta_min: float = 0.0) -> float:
-    """Global-term weight β_k (§4.4).
+    """Global-term weight β_k (docs/methods/harl.md: Schedules).
 
     - ``cosine``: ``β_k = max(β_min, λ_base·c_k)``, decaying from λ_base to β_min.
     - ``fixed``: λ_base.

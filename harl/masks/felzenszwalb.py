@@ -1,4 +1,4 @@
-"""The graph-based heuristic mask generator ``felzenszwalb`` (SPEC §2.2 (a), steps 1–7).
+"""The graph-based heuristic mask generator ``felzenszwalb`` (docs/masks.md, steps 1–7).
 
 The HARL paper used DRFI with σ = 0.8 and minimum region size s = 1000; the authors' segment
 selection is not public, so this is the project's rule:
@@ -45,7 +45,7 @@ FALLBACK_MAX_AREA_CENTER = "max_area+center"
 
 @dataclass(frozen=True)
 class FelzenszwalbParams:
-    """Parameters of the ``felzenszwalb`` generator (defaults: SPEC §10, mask CLI)."""
+    """Parameters of the ``felzenszwalb`` generator (defaults: docs/masks.md, mask CLI)."""
 
     sigma: float = param(0.8, "Gaussian pre-smoothing σ of Felzenszwalb–Huttenlocher")
     scale: float = param(300.0, "FH scale k (on 0–255 intensities; larger → larger segments)")
@@ -241,7 +241,7 @@ def center_box(height: int, width: int) -> np.ndarray:
 
 def felzenszwalb_mask(image: np.ndarray, params: FelzenszwalbParams = FelzenszwalbParams(),
                       return_details: bool = False) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """SPEC §2.2 (a): H×W×3 uint8 RGB image → (H×W bool mask, info).
+    """docs/masks.md: H×W×3 uint8 RGB image → (H×W bool mask, info).
 
     ``info`` holds ``n_segments``, ``fallback``, ``work_size`` (h, w) and ``min_size``; with
     ``return_details`` also ``labels`` (working-size label map), ``stats``, ``scores`` and
@@ -304,5 +304,5 @@ register_generator(GeneratorSpec(
     params_cls=FelzenszwalbParams,
     build=build_felzenszwalb,
     description="graph-based heuristic masks (Felzenszwalb–Huttenlocher segments + contrast/centre/"
-                "boundary scores, SPEC §2.2 a)",
+                "boundary scores; docs/masks.md)",
 ))

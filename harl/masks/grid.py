@@ -1,5 +1,5 @@
-"""Masks on the feature-map grid: downsampling, masked pooling and cell geometry (SPEC §3.3, §4.2,
-§4.5, §5.6).
+"""Masks on the feature-map grid: downsampling, masked pooling and cell geometry (docs/augmentation.md,
+docs/methods/harl.md, docs/methods/hapicl.md).
 
 Pure tensor functions, no module state. Conventions: a full-resolution mask is B×1×S×S (uint8, bool
 or float; a pixel is fg ⇔ value > 0); a grid mask is float B×1×h×w; a feature map is B×C×h×w; flat
@@ -51,7 +51,7 @@ MASK_MODES = {"binary": _grid_binary, "soft": _grid_soft}
 
 def mask_to_grid(mask: torch.Tensor, size: Size, mode: str = "binary",
                  threshold: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Downsample a full-resolution mask to the feature grid (SPEC §3.3).
+    """Downsample a full-resolution mask to the feature grid (docs/augmentation.md).
 
     ``a = adaptive_avg_pool2d(1[mask > 0], (h, w))`` is the fg fraction of each cell, then
 
@@ -93,7 +93,7 @@ def _check_feat_mask(feat: torch.Tensor, m: torch.Tensor, scale: int = 1) -> tor
 
 
 def masked_mean_pool(feat: torch.Tensor, m: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """``h = Σ_hw(F ⊙ M) / (Σ_hw M + eps)`` (SPEC §4.2; ``eps = pool_eps = 1.0`` as the reference).
+    """``h = Σ_hw(F ⊙ M) / (Σ_hw M + eps)`` (docs/methods/harl.md; ``eps = pool_eps = 1.0`` as the reference).
 
     Note the +eps in the denominator: a region of n fully-fg cells is shrunk by n/(n+1); an empty
     region pools to the zero vector.
@@ -121,7 +121,7 @@ def gap_masked_pool(feat: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 def pixel_shuffle_pool(feat: torch.Tensor, m_fine: torch.Tensor, eps: float = 1.0,
                        upscale: int = 2) -> torch.Tensor:
-    """Masked pooling of a depth-to-space map, re-assembled to C channels (``c5_pixel_shuffle``, §4.5).
+    """Masked pooling of a depth-to-space map, re-assembled to C channels (``c5_pixel_shuffle``, docs/methods/harl.md).
 
     Depth-to-space with r = ``upscale`` (``F.pixel_shuffle`` order) turns the C×h×w map into a
     (C/r²)×rh×rw map whose pixel (c, r·i+δ_y, r·j+δ_x) is input channel k = (c, δ) = c·r² + δ_y·r + δ_x
@@ -156,7 +156,7 @@ def _check_coords(coords: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def cell_centers(coords: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Centres of the h×w grid cells of each view, in normalised original-image coordinates (§5.6).
+    """Centres of the h×w grid cells of each view, in normalised original-image coordinates (docs/methods/hapicl.md).
 
     Cell (r, c) of a view with ``coords = [x0, y0, x1, y1]`` has centre
     ``((c + ½)(x1 − x0)/w + x0, (r + ½)(y1 − y0)/h + y0)``. A horizontally flipped view stores
@@ -179,7 +179,7 @@ def cell_centers(coords: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def spatial_positive_mask(coords1: torch.Tensor, coords2: torch.Tensor, h: int, w: int,
                           radius: float = 0.7) -> torch.Tensor:
-    """PixPro-style spatial correspondence of two views' cells (``pix_spatial``, §5.6).
+    """PixPro-style spatial correspondence of two views' cells (``pix_spatial``, docs/methods/hapicl.md).
 
     ``d_ij = ‖centre1_i − centre2_j‖ / max(diag1, diag2)`` with a view's bin diagonal
     ``√(((x1 − x0)/w)² + ((y1 − y0)/h)²)``; the pair is spatially positive iff ``d_ij < radius``.

@@ -1,6 +1,6 @@
 """File I/O for mask generation: walking image trees, reading images and masks, writing PNG masks.
 
-Conventions (SPEC §2.1):
+Conventions (docs/masks.md):
 
 - An image tree is walked recursively (symlinks followed, like torchvision's ``ImageFolder``, but
   each real folder once: :func:`harl.utils.walk.walk_unique`, so links cannot duplicate or loop);

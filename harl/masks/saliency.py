@@ -1,4 +1,4 @@
-"""The deep saliency mask generator ``saliency`` (SPEC §2.2 (b)).
+"""The deep saliency mask generator ``saliency`` (docs/masks.md).
 
 A backbone from a checkpoint + a trained 1×1-conv head (``harl-masks train-saliency``, see
 :mod:`harl.masks.saliency_train`); fg = p > ``threshold`` where p is the sigmoid output,
@@ -23,7 +23,7 @@ DEFAULT_SHORT_SIDE = 320
 
 @dataclass(frozen=True)
 class SaliencyParams:
-    """Parameters of the ``saliency`` generator (defaults: SPEC §10, mask CLI)."""
+    """Parameters of the ``saliency`` generator (defaults: docs/masks.md, mask CLI)."""
 
     weights: Optional[str] = param(None, "saliency head file written by `harl-masks train-saliency`", required=True)
     checkpoint: Optional[str] = param(None, "backbone checkpoint (default: the one recorded in --weights)")
@@ -110,7 +110,7 @@ register_generator(GeneratorSpec(
     name="saliency",
     params_cls=SaliencyParams,
     build=build_saliency,
-    description="deep saliency masks: backbone feature map → 1×1 conv → sigmoid > 0.5 (SPEC §2.2 b)",
+    description="deep saliency masks: backbone feature map → 1×1 conv → sigmoid > 0.5 (docs/masks.md)",
     uses_torch=True,
     describe=describe_saliency,
     # the masks depend on the weights' and checkpoint's contents (sha256, compared), not on paths or device

@@ -1,4 +1,4 @@
-"""The deep saliency model of SPEC §2.2 (b): frozen backbone → 1×1 conv (C→1) → sigmoid.
+"""The deep saliency model of docs/masks.md: frozen backbone → 1×1 conv (C→1) → sigmoid.
 
 ``SaliencyModel(x)``: B×3×H×W (ImageNet-normalised) → logits B×1×h×w on the backbone's feature
 map (``backbone.forward_features``). Inference (:func:`predict_probability`) resizes the image to

@@ -1,6 +1,6 @@
 """``harl-masks train-saliency``: train the 1×1-conv saliency head on heuristic pseudo-masks.
 
-Label-free (SPEC §2.2 b): the targets are masks of another generator (e.g. ``felzenszwalb``).
+Label-free (docs/masks.md): the targets are masks of another generator (e.g. ``felzenszwalb``).
 The backbone is frozen (eval mode, no gradients); only the head (C + 1 parameters) learns.
 
 Data: each image with a pseudo-mask is resized to shortest side ``short_side`` (the inference

@@ -1,4 +1,4 @@
-"""HAPiCL(R): an instance loss plus a mask-split pixel-level contrastive loss (SPEC §5).
+"""HAPiCL(R): an instance loss plus a mask-split pixel-level contrastive loss (docs/methods/hapicl.md).
 
 One implementation, three registered methods whose instance loss is fixed by the name::
 
@@ -20,7 +20,7 @@ off). With ``pix_spatial`` a region positive must also be a spatial neighbour in
 image (PixPro's rule, :func:`harl.masks.grid.spatial_positive_mask`, on the crop boxes the data
 pipeline records, flips included).
 
-The public code's bugs (SPEC §5.5) are closed by construction: φ is in ``learnable_params`` and
+The public code's bugs (docs/methods/hapicl.md) are closed by construction: φ is in ``learnable_params`` and
 (φ, φ_ξ) in ``momentum_pairs``; every choice is a validated enum (a misspelling is a config error
 with a hint); the pixel loss is always part of the optimised total; the masks are always used.
 
@@ -55,7 +55,7 @@ from harl.utils.distributed import gather_no_grad
 __all__ = ["HAPiCL", "HAPiCLSimCLR", "HAPiCLMoCoV2Plus", "HAPiCLBYOL", "INSTANCE_LOSSES", "PIX_PAIRINGS",
            "HAPICL_MASK_MODES"]
 
-#: ``instance_loss`` → registered method name (the loss is fixed by the name, SPEC §8.2)
+#: ``instance_loss`` → registered method name (the loss is fixed by the name, docs/architecture.md)
 INSTANCE_LOSSES = {"simclr": "hapicl_simclr", "mocov2plus": "hapicl_mocov2plus", "byol": "hapicl_byol"}
 
 #: HAPiCL pairs cells by a binary fg/bg rule; soft masks have no such rule

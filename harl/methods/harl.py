@@ -2,7 +2,7 @@
 
 BYOL where each view's feature map is also pooled over the foreground and the background of a
 binary (heuristic) mask; every branch goes through the *shared* projector and predictor, fg pairs
-only with fg and bg with bg (SPEC §4)::
+only with fg and bg with bg (docs/methods/harl.md)::
 
     F_v = f_θ(x_v)                                   B×C×h×w (c5; c4 / stride-1 / pixel-shuffle options)
     M_f, M_b = mask_to_grid(mask_v, (h, w))          B×1×h×w
@@ -94,7 +94,7 @@ class HARL(BYOL):
         self.branch_weights_keys = set(harl_loss_weights(self.loss_type, 0.5, 0.5, 0.5, kw.hybrid_mode))
         self.use_fg = "f" in self.branch_weights_keys
         self.use_bg = "b" in self.branch_weights_keys
-        # c4 regions get their own projector (+EMA); the predictor stays shared (SPEC §4.5)
+        # c4 regions get their own projector (+EMA); the predictor stays shared (docs/methods/harl.md)
         self.region_projector = None
         if self.feature_map == "c4":
             c4_dim = self.features_dim // 2

@@ -2,7 +2,7 @@
 
 A contrastive base (MoCo v2+ or SimCLR) whose query views are masked with noise in cells chosen by
 a saliency map, and whose loss gains *hard negatives*: copies of the key view with its salient
-cells masked (SPEC §6)::
+cells masked (docs/methods/sgm.md)::
 
     x̃_v  = HPF(x_v) (sgm_strategy hp) | x_v (blur, mean)       normalised views, v = 1, 2
     fg_v  = saliency(x_v)                                       B×G×G bool (source: sgm_saliency)
@@ -73,7 +73,7 @@ __all__ = [
     "SGMMoCoV2", "SGMSimCLR", "input_filter_from_kwargs", "load_frozen_backbone",
 ]
 
-#: ``method_kwargs`` shared by both SGM methods (SPEC §10, plus the saliency-source settings)
+#: ``method_kwargs`` shared by both SGM methods (docs/methods/sgm.md, plus the saliency-source settings)
 SGM_DEFAULT_KWARGS: Dict[str, Any] = {
     "proj_hidden_dim": 2048, "proj_output_dim": 128, "temperature": 0.2,
     # fill strategy and filters
@@ -519,7 +519,7 @@ class SGMMixin:
 
 @METHODS.register("sgm_mocov2")
 class SGMMoCoV2(SGMMixin, MoCoV2Plus):
-    """MoCo v2+ with saliency-guided masking (SPEC §6, the paper's MoCo v2 recipe).
+    """MoCo v2+ with saliency-guided masking (docs/methods/sgm.md, the paper's MoCo v2 recipe).
 
     Symmetrised like harl's MoCo v2+ (each view is a query against the other view's key and
     queue); each direction's loss is the paper's ``CE([q·k, q·Q, α·q·t_1..M]/T, 0)``. Only the
@@ -578,7 +578,7 @@ class SGMMoCoV2(SGMMixin, MoCoV2Plus):
 
 @METHODS.register("sgm_simclr")
 class SGMSimCLR(SGMMixin, SimCLR):
-    """SimCLR with saliency-guided masking (SPEC §6 "SimCLR port").
+    """SimCLR with saliency-guided masking (docs/methods/sgm.md "SimCLR port").
 
     Both masked views are anchors; anchor v's NT-Xent denominator gains α·q_v·t/T for the hard
     negatives t of the *other* view (its positive's view), encoded by the same encoder without
