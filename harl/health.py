@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 
-from harl.guard import TrainingHalted
+from harl.errors import TrainingHalted
+from harl.errors import HealthError
 
 log = logging.getLogger("harl")
 
@@ -55,10 +56,6 @@ VALID_FRACTIONS: Dict[str, tuple] = {
     "train_sgm_query_masked": ("SGM's masked cells", "no grid cell is masked; check the masking ratio and the "
                                "saliency source in method_kwargs"),
 }
-
-
-class HealthError(TrainingHalted):
-    """A health rule failed with ``health.strict: true``."""
 
 
 def feature_spread(feats: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from harl.checkpoint import (Checkpointer, checkpoint_problem, choose_resume, new_version, preserve_metrics_on_resume,
                              run_root)
 from harl.clean_stop import DataErrorStop, data_error_message
-from harl.config import ConfigError, num_devices, parse_cfg
+from harl.config import num_devices, parse_cfg, trainer_extra_kwargs
+from harl.errors import ConfigError
 from harl.data.sampling import SamplerState
 from harl.guard import FiniteGuard
 from harl.health import HealthMonitor
@@ -75,16 +76,6 @@ def _sync_batchnorm(cfg: DictConfig, acc: dict) -> bool:
         warnings.warn("sync_batchnorm is ignored on CPU (torch's SyncBatchNorm needs CUDA); "
                       "each process keeps its own BatchNorm statistics")
     return on_gpu
-
-
-def trainer_extra_kwargs(cfg: DictConfig, schema=None) -> dict:
-    """Top-level config keys that are ``Trainer`` arguments not in ``schema`` (default: the
-    pretraining schema), passed through as solo-learn does."""
-    from harl.config import SCHEMA, trainer_init_keys
-
-    schema = SCHEMA if schema is None else schema
-    return {key: cfg[key] for key in trainer_init_keys()
-            if key in cfg and key not in schema and cfg[key] is not None}
 
 
 class SkippedFilesReporter(Callback):

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from harl.config import ConfigError, parse_cfg, validate_cfg
+from harl.config import parse_cfg, validate_cfg
+from harl.errors import ConfigError
 from harl.config_values import Bool, Either, Int, Num, Seq, Str, check_values, spec_from_default
 from tests.conftest import tiny_cfg
 

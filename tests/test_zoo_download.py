@@ -10,8 +10,10 @@ import threading
 
 import pytest
 
-from harl.zoo.download import (ZooDownloadError, cache_root, cached_path, download_file, entry_status, fetch_entry,
-                               sha256_file, verify_file)
+from harl.zoo.download import (
+    cache_root, cached_path, download_file, entry_status, fetch_entry, sha256_file, verify_file,
+)
+from harl.errors import ZooDownloadError
 from harl.zoo.manifest import ZooEntry
 
 PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(300_001))  # not a multiple of the chunk size

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from harl.backbones import build_backbone
-from harl.checkpoint import CheckpointMismatchError
+from harl.errors import CheckpointMismatchError
 from harl.zoo.export import EXPORTERS, detectron2_key, export_weights
-from harl.zoo.models import UnsupportedExport, build_model, features, load_backbone
+from harl.zoo.models import build_model, features, load_backbone
+from harl.errors import UnsupportedExport
 from harl.zoo.weights import read_backbone_weights, read_safetensors_metadata
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # small: the CPU is shared

@@ -21,7 +21,7 @@ def build_timm_backbone(name: str, **kwargs) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
         from harl.registry import close_match_hint
 
         raise ConfigError(f"unknown backbone '{name}'{close_match_hint(name, timm.list_models())}")

@@ -65,11 +65,12 @@ def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> D
 
 def run_cli(fn, argv=None) -> int:
     """Run ``fn(argv)``, turning configuration and input errors into a one-line message + exit 2."""
-    from harl.checkpoint import CheckpointMismatchError, CheckpointWriteError
-    from harl.clean_stop import TrainingStopped, data_error_message
-    from harl.config import ConfigError
-    from harl.data.image_io import CorruptImageError, DataFileError
-    from harl.guard import TrainingHalted
+    from harl.errors import CheckpointMismatchError, CheckpointWriteError
+    from harl.clean_stop import data_error_message
+    from harl.errors import TrainingStopped
+    from harl.errors import ConfigError
+    from harl.errors import CorruptImageError, DataFileError
+    from harl.errors import TrainingHalted
 
     try:
         fn(argv)

@@ -22,6 +22,7 @@ import os
 import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence
+from harl.errors import UsageError
 
 PROG = "harl-masks"
 
@@ -159,10 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
-
-
-class UsageError(ValueError):
-    pass
 
 
 def _relpaths(args) -> List[str]:
@@ -317,7 +314,7 @@ def cmd_merge(args) -> int:
 
 def _is_user_error(err: BaseException) -> bool:
     """Input / usage errors get a one-line message and exit status 2 (bugs keep their traceback)."""
-    from harl.masks.runner import MetaMismatchError
+    from harl.errors import MetaMismatchError
 
     kinds = [FileNotFoundError, MetaMismatchError, UsageError, ValueError, KeyError]
     for module, name in (("harl.masks.saliency_model", "SaliencyWeightsError"),

@@ -14,7 +14,8 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from harl.data.fashion_mnist import DEFAULT_ROOT, IDXFormatError
+from harl.data.fashion_mnist import DEFAULT_ROOT
+from harl.errors import IDXFormatError
 from harl.data.fashion_scenes import (BACKGROUND_STYLES, PHOTOS, TINT_MODES, FashionScenesParams,
                                       generate_fashion_scenes)
 

@@ -258,13 +258,13 @@ COMMANDS = {"list": cmd_list, "download": cmd_download, "verify": cmd_verify, "e
 
 
 def _expected_errors():
-    from harl.zoo.download import ZooDownloadError
-    from harl.zoo.manifest import ManifestError
+    from harl.errors import ZooDownloadError
+    from harl.errors import ManifestError
 
     errors: List[type] = [ManifestError, ZooDownloadError, FileNotFoundError, KeyError, ValueError]
     try:  # torch-side errors, only when those modules were imported
         if "harl.checkpoint" in sys.modules:
-            from harl.checkpoint import CheckpointMismatchError
+            from harl.errors import CheckpointMismatchError
 
             errors.append(CheckpointMismatchError)
     except ImportError:  # pragma: no cover

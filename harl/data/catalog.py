@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from harl.data.eval_transforms import native_geometry, resize_center_crop_geometry, square_resize_geometry
-from harl.data.image_io import DatasetNotFoundError
+from harl.errors import DatasetNotFoundError
 from harl.data.registry import SPLITS, DatasetSpec, register_dataset
 from harl.data.sources import ArraySource, ImageSource, check_dir, list_image_folder
 

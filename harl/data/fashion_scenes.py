@@ -44,6 +44,7 @@ from PIL import Image
 
 from harl.data.fashion_mnist import CLASS_NAMES, NUM_CLASSES, read_fashion_mnist
 from harl.registry import Registry
+from harl.errors import SceneTreeMismatchError
 
 GENERATOR_NAME = "fashion-scenes"
 GENERATOR_VERSION = "1.0"
@@ -534,10 +535,6 @@ def _run_chunk(task: Tuple[str, str, Optional[str], int, int]) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The driver
 # ----------------------------------------------------------------------------------------------
-
-class SceneTreeMismatchError(FileExistsError):
-    """The output folder holds a tree made with other parameters (or not by this generator)."""
-
 
 _OWNED = ("images", "masks", "manifest.csv", "meta.json", "params.json")
 MANIFEST_FIELDS = ("split", "index", "relpath", "label", "class_name", "source_split", "source_index",

@@ -24,7 +24,7 @@ from harl.data.transforms import JointViewTransform, MultiViewTransform
 
 
 def _config_error(msg: str) -> Exception:
-    from harl.config import ConfigError
+    from harl.errors import ConfigError
 
     return ConfigError(msg)
 

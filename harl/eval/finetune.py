@@ -41,7 +41,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from harl.checkpoint import atomic_torch_save, atomic_write_text
-from harl.config import FREE, REQUIRED, ConfigError, check_schema, choice
+from harl.config import CHECKPOINT_DIR, DATA_BLOCK, FREE, REQUIRED, check_schema, choice, pick
+from harl.errors import ConfigError
+from harl.registry import DATASETS
 from harl.eval.linear_config import check_eval_augmentations
 
 # ---------------------------------------------------------------------------------------------
@@ -57,16 +59,8 @@ FINETUNE_SCHEMA: Dict[str, Any] = {
     "random_init": False,  # the random-init baseline (architecture from the checkpoint or backbone.name)
     "backbone": {"name": None, "kwargs": FREE()},  # null: the checkpoint's architecture
     "eval_highpass": None,  # null: on iff the checkpoint was pretrained on high-pass inputs (SGM hp)
-    "data": {
-        "dataset": REQUIRED,
-        "train_path": None,
-        "val_path": None,
-        "num_workers": 4,
-        "download": False,
-        "skip_corrupt": False,
-        "num_classes": None,  # derived unless given
-        "augmentations": {"crop_size": None, "mean": None, "std": None},  # null: the pretraining's
-    },
+    "data": pick(DATA_BLOCK, "dataset", "train_path", "val_path", "num_workers", "download", "skip_corrupt",
+                 "num_classes", "augmentations"),
     "subset": {
         "fraction": None,  # e.g. 0.01 / 0.1; 1.0 = every label
         "per_class": None,  # or k labelled images per class
@@ -89,7 +83,7 @@ FINETUNE_SCHEMA: Dict[str, Any] = {
         "accumulate_grad_batches": 1,
     },
     "scheduler": {"name": "cosine", "warmup_epochs": 0},
-    "checkpoint": {"dir": "trained_models", "run_dir": None},  # run_dir: explicit output folder
+    "checkpoint": {"dir": CHECKPOINT_DIR, "run_dir": None},  # run_dir: explicit output folder
     "max_epochs": 30,
     "seed": 5,
     "accelerator": "auto",  # auto | cpu | cuda
@@ -156,16 +150,13 @@ def _as_list(x) -> list:
 def validate_finetune_cfg(cfg: Any) -> DictConfig:
     """Check a fine-tuning config against :data:`FINETUNE_SCHEMA`, fill defaults, check values.
 
-    Raises :class:`~harl.config.ConfigError` naming the key (unknown keys get a close-match hint).
+    Raises :class:`~harl.errors.ConfigError` naming the key (unknown keys get a close-match hint).
     """
     # "resolved" and "pretrain_method" are written into args.json by the runner
     out = check_schema(cfg, FINETUNE_SCHEMA, allow_trainer_keys=False, drop=("resolved", "pretrain_method"))
     from harl.config_values import check_values
 
     check_values(out, FINETUNE_VALUES)
-    import harl.data  # noqa: F401  (registers the datasets)
-    from harl.data.registry import DATASETS
-
     choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
     choice(str(out["precision"]), list(PRECISIONS), "precision")
     out["precision"] = str(out["precision"])

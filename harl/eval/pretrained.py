@@ -21,7 +21,7 @@ How the architecture is found, first match wins for each piece:
    ``cifar_stem`` from its 3×3 kernel.
 
 The weights are then loaded **strictly** (:func:`harl.checkpoint.strict_load`): any missing,
-unexpected or mis-shaped key raises :class:`~harl.checkpoint.CheckpointMismatchError` naming
+unexpected or mis-shaped key raises :class:`~harl.errors.CheckpointMismatchError` naming
 the keys. Supported files: ``.ckpt`` (harl and solo-learn Lightning checkpoints), ``.pth`` /
 ``.pt`` (a bare backbone state dict, a full model state dict, or a dict holding ``state_dict`` /
 ``model``) and ``.safetensors``. Legacy ``encoder.*`` keys are renamed to ``backbone.*``.
@@ -59,7 +59,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.checkpoint import CheckpointMismatchError, backbone_state_dict, read_run_config, read_state_dict, strict_load
+from harl.checkpoint import backbone_state_dict, read_run_config, read_state_dict, strict_load
+from harl.errors import CheckpointMismatchError
 
 #: SGM's default high-pass filter (docs/methods/sgm.md)
 DEFAULT_HP_KERNEL = 11

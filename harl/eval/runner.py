@@ -35,15 +35,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harl.checkpoint import atomic_write_text, choose_resume, new_version, resume_fingerprint
-from harl.config import ConfigError
+from harl.errors import ConfigError
 from harl.eval.linear_config import parse_linear_cfg
 from harl.eval.pretrained import DEFAULT_HP_KERNEL, DEFAULT_HP_SIGMA, load_pretrained_backbone
 from harl.registry import Registry
 
 log = logging.getLogger("harl")
 
-#: mode name → ``run(ctx) -> metrics dict``; filled by harl.eval.linear / .knn_probe / .dense
-EVAL_MODES: Registry[Callable[["EvalContext"], Dict[str, Any]]] = Registry("evaluation mode")
+#: mode name → ``run(ctx) -> metrics dict``; filled by harl.eval.linear / .knn_probe / .dense (imported on
+#: the first lookup)
+EVAL_MODES: Registry[Callable[["EvalContext"], Dict[str, Any]]] = Registry(
+    "evaluation mode", plugins=("harl.eval.dense", "harl.eval.knn_probe", "harl.eval.linear"))
 
 RESULTS_FILE = "results.json"
 
@@ -267,10 +269,6 @@ def _weights_id(info: Dict[str, Any], seed: int) -> str:
 
 
 def _run_mode(ctx: EvalContext) -> Dict[str, Any]:
-    import harl.eval.dense  # noqa: F401  (register the modes)
-    import harl.eval.knn_probe  # noqa: F401
-    import harl.eval.linear  # noqa: F401
-
     return EVAL_MODES.get(str(ctx.cfg.mode))(ctx)
 
 

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from harl.masks.io import MASK_EXTENSIONS, ImageReadError, find_mask_file, list_files, read_mask_values
+from harl.masks.io import MASK_EXTENSIONS, find_mask_file, list_files, read_mask_values
+from harl.errors import ImageReadError
 from harl.masks.ops import confusion_counts, metrics_from_counts, resize_mask_nearest
 
 

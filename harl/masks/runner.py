@@ -49,18 +49,11 @@ from harl.masks.io import (
     read_image_rgb,
     shard_select,
 )
+from harl.errors import MetaMismatchError, MissingSourceMaskError
 
 STATE_DIR = ".harl-masks"
 MANIFEST_FIELDS = ("relpath", "height", "width", "fg_fraction", "n_segments", "fallback")
 HIST_BINS = 10
-
-
-class MissingMaskError(FileNotFoundError):
-    """``harl-masks import``: no source mask for an image."""
-
-
-class MetaMismatchError(ValueError):
-    """The output folder was made by another generator or with other parameters."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,9 +146,9 @@ def process_one(job, out_root: str, relpath: str) -> Dict[str, Any]:
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - one bad image must not stop the run
-        from harl.masks.io import ImageReadError
+        from harl.errors import ImageReadError
 
-        msg = str(err) if isinstance(err, (ImageReadError, MissingMaskError)) else f"{type(err).__name__}: {err}"
+        msg = str(err) if isinstance(err, (ImageReadError, MissingSourceMaskError)) else f"{type(err).__name__}: {err}"
         return {"ok": False, "relpath": relpath, "error": " ".join(msg.split())}
 
 

@@ -23,14 +23,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from harl.errors import SaliencyWeightsError
 
 HEAD_FORMAT = "harl-saliency-head/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class SaliencyWeightsError(ValueError):
-    """A head file is unreadable or does not match the backbone / checkpoint it is used with."""
 
 
 class SaliencyHead(nn.Module):

@@ -33,7 +33,7 @@ class BarlowTwins(BaseMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
 
         if cfg.num_large_crops != 2 or cfg.num_small_crops:
             raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "

@@ -55,7 +55,7 @@ class DINO(BaseMomentumMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
 
         kw = cfg.method_kwargs
         if cfg.num_large_crops < 2:

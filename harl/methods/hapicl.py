@@ -100,7 +100,7 @@ class HAPiCL:
     @classmethod
     def check_cfg(cls, cfg: DictConfig) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
         from harl.registry import close_match_hint
 
         kw = cfg.method_kwargs
@@ -146,7 +146,7 @@ class HAPiCL:
     # ------------------------------------------------------------------ init
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
 
         if not isinstance(self.backbone, SSLResNet):
             raise ConfigError(f"{cfg.method} needs a torchvision ResNet backbone (resnet18/34/50) for its c5 map, "

@@ -52,7 +52,7 @@ class HARL(BYOL):
     @classmethod
     def check_cfg(cls, cfg: DictConfig) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
         from harl.registry import close_match_hint
 
         kw = cfg.method_kwargs
@@ -84,7 +84,7 @@ class HARL(BYOL):
         # in place: the run config (args.json, checkpoint hyper-parameters) records what is built
         apply_backbone_overrides(cfg)
         super().__init__(cfg)
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
 
         kw = cfg.method_kwargs
         if kw.feature_map != "c5" and not isinstance(self.backbone, SSLResNet):

@@ -41,7 +41,8 @@ class MoCoV2Plus(BaseMomentumMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError, num_devices
+        from harl.config import num_devices
+        from harl.errors import ConfigError
 
         global_batch = int(cfg.optimizer.batch_size) * num_devices(cfg) * int(cfg.num_nodes)
         if int(cfg.method_kwargs.queue_size) % global_batch != 0:

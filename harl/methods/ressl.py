@@ -48,7 +48,8 @@ class ReSSL(BaseMomentumMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError, num_devices
+        from harl.config import num_devices
+        from harl.errors import ConfigError
 
         kw = cfg.method_kwargs
         if cfg.num_large_crops != 2 or cfg.num_small_crops:

@@ -96,7 +96,7 @@ SGM_DEFAULT_KWARGS: Dict[str, Any] = {
 
 
 def _config_error(msg: str):
-    from harl.config import ConfigError
+    from harl.errors import ConfigError
 
     return ConfigError(msg)
 

@@ -36,7 +36,7 @@ class Supervised(BaseMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
+        from harl.errors import ConfigError
 
         if not 0.0 <= float(cfg.method_kwargs.label_smoothing) < 1.0:
             raise ConfigError(f"method_kwargs.label_smoothing = {cfg.method_kwargs.label_smoothing!r} "

@@ -49,7 +49,8 @@ class SupportSet(nn.Module):
 
 def check_support_set(cfg) -> None:
     """Two large crops only, and ``queue_size`` a positive multiple of the global batch."""
-    from harl.config import ConfigError, num_devices
+    from harl.config import num_devices
+    from harl.errors import ConfigError
 
     if cfg.num_large_crops != 2 or cfg.num_small_crops:
         raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "

@@ -58,7 +58,8 @@ class SwAV(BaseMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError, num_devices
+        from harl.config import num_devices
+        from harl.errors import ConfigError
 
         kw = cfg.method_kwargs
         devices = num_devices(cfg) * int(cfg.num_nodes)

@@ -13,8 +13,8 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from harl.zoo.manifest import (Manifest, ManifestError, ZooEntry, load_manifest, save_manifest, scrub_paths,
-                               validate_metrics)
+from harl.zoo.manifest import Manifest, ZooEntry, load_manifest, save_manifest, scrub_paths, validate_metrics
+from harl.errors import ManifestError
 
 #: files kept in the repository must stay small (issue 7: fp16 resnet18 ≈ 23 MB)
 MAX_REPO_BYTES = 25_000_000

@@ -30,13 +30,10 @@ import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from harl.zoo.manifest import ZooEntry
+from harl.errors import ZooDownloadError
 
 CACHE_ENV = "HARL_CACHE"
 CHUNK = 1 << 16
-
-
-class ZooDownloadError(RuntimeError):
-    """A zoo file could not be obtained (or failed verification) from any source."""
 
 
 class _TransferError(Exception):

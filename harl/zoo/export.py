@@ -30,7 +30,8 @@ import torch
 
 from harl.utils.io import atomic_torch_save, atomic_write_bytes
 from harl.registry import Registry
-from harl.zoo.models import UnsupportedExport, build_model
+from harl.zoo.models import build_model
+from harl.errors import UnsupportedExport
 from harl.zoo.weights import BackboneWeights, cast_state_dict, safetensors_bytes
 
 

@@ -31,7 +31,8 @@ def hub_model(name: str, pretrained: bool = True, format: Optional[str] = None, 
 
 def entry_names(manifest: Optional[str] = None) -> List[str]:
     """Manifest entry names (empty when the manifest cannot be read)."""
-    from harl.zoo.manifest import ManifestError, load_manifest
+    from harl.zoo.manifest import load_manifest
+    from harl.errors import ManifestError
 
     try:
         return load_manifest(manifest).names

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from harl.registry import close_match_hint
+from harl.errors import ManifestError
 
 MANIFEST_ENV = "HARL_ZOO_MANIFEST"
 SCHEMA_VERSION = 1
@@ -61,10 +62,6 @@ REQUIRED_METRICS = ("linear_top1", "knn_top1")
 HARDWARE_KEYS = ("device", "count", "hours")
 FORMATS = ("safetensors", "pth")
 DTYPES = ("float16", "bfloat16", "float32")
-
-
-class ManifestError(ValueError):
-    """The zoo manifest is missing, unreadable or does not follow the schema."""
 
 
 def repo_root() -> str:

@@ -28,13 +28,10 @@ from torch import nn
 from harl.checkpoint import strict_load
 from harl.registry import Registry
 from harl.zoo.weights import BackboneWeights, build_harl_backbone, read_backbone_weights
+from harl.errors import UnsupportedExport
 
 #: format name → builder(weights) returning an un-loaded model whose state dict keys match ``weights``
 MODEL_FORMATS: Registry[Callable[[BackboneWeights], nn.Module]] = Registry("model format")
-
-
-class UnsupportedExport(ValueError):
-    """The requested format cannot represent this architecture."""
 
 
 def _resnet_spec(name: str):
@@ -149,7 +146,8 @@ def resolve_weights(name_or_path: str, backbone: Optional[str] = None,
     import os
 
     from harl.zoo.download import fetch_entry
-    from harl.zoo.manifest import ManifestError, load_manifest
+    from harl.zoo.manifest import load_manifest
+    from harl.errors import ManifestError
 
     if os.path.isfile(name_or_path):
         return read_backbone_weights(name_or_path, backbone, backbone_kwargs), None

@@ -20,7 +20,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from harl.checkpoint import CheckpointMismatchError, read_run_config, strict_load
+from harl.checkpoint import read_run_config, strict_load
+from harl.errors import CheckpointMismatchError
 from harl.utils.io import atomic_write_bytes
 
 META_BACKBONE = "harl.backbone"
