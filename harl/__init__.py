@@ -1,6 +1,6 @@
 """harl: object-aware self-supervised visual pretraining on a solo-learn-compatible core."""
 
-__version__ = "0.1.0"
+from harl.version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):

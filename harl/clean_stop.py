@@ -24,15 +24,14 @@ from typing import Optional
 
 from lightning.pytorch import Callback
 from harl.errors import TrainingStopped
+from harl.errors import CorruptImageError, DataFileError
+from harl.errors import MaskSizeMismatchError, MissingMaskError
 
 log = logging.getLogger("harl")
 
 
 def data_error_message(err: BaseException) -> Optional[str]:
     """The one-line message of an unreadable-data error (None: ``err`` is not one)."""
-    from harl.errors import CorruptImageError, DataFileError
-    from harl.errors import MaskSizeMismatchError, MissingMaskError
-
     if isinstance(err, (DataFileError, CorruptImageError, MissingMaskError, MaskSizeMismatchError)):
         return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return None

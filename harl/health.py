@@ -36,6 +36,7 @@ from lightning.pytorch import Callback
 
 from harl.errors import TrainingHalted
 from harl.errors import HealthError
+from harl.utils.io import atomic_write_text
 
 log = logging.getLogger("harl")
 
@@ -248,7 +249,5 @@ class HealthMonitor(Callback):
             return
         log.warning(self.tracker.summary()) if self.tracker.findings else log.info(self.tracker.summary())
         if self.run_dir and os.path.isdir(self.run_dir):
-            from harl.utils.io import atomic_write_text
-
             atomic_write_text(os.path.join(self.run_dir, "health.json"),
                               json.dumps(self.tracker.to_dict(), indent=2))

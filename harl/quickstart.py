@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from harl.utils.io import atomic_write_text
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "scripts", "pretrain", "fashion-scenes")
 
@@ -147,7 +149,6 @@ def main(argv=None) -> int:
     table = print_table(rows)
 
     from harl.report import make_report
-    from harl.utils.io import atomic_write_text
 
     report_dir = os.path.join(args.out, "report")
     paths = [run.run_dir] + [p for r in rows for p in r["results"]]

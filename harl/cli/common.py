@@ -9,6 +9,13 @@ from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig
 
+from harl.config import load_yaml
+from harl.errors import CheckpointMismatchError, CheckpointWriteError
+from harl.errors import ConfigError
+from harl.errors import CorruptImageError, DataFileError
+from harl.errors import TrainingHalted
+from harl.errors import TrainingStopped
+
 
 def split_config_args(argv: Sequence[str], prog: str, description: str) -> Tuple[str, List[str]]:
     """Parse ``[--config-path DIR --config-name NAME | CONFIG.yaml] [key=value ...]``.
@@ -57,20 +64,13 @@ def quote_override_values(overrides: Sequence[str]) -> List[str]:
 
 def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> DictConfig:
     """The composed config of a CLI call (config file + quoted Hydra overrides)."""
-    from harl.config import load_yaml
-
     path, overrides = split_config_args(sys.argv[1:] if argv is None else argv, prog, description)
     return load_yaml(path, quote_override_values(overrides))
 
 
 def run_cli(fn, argv=None) -> int:
     """Run ``fn(argv)``, turning configuration and input errors into a one-line message + exit 2."""
-    from harl.errors import CheckpointMismatchError, CheckpointWriteError
     from harl.clean_stop import data_error_message
-    from harl.errors import TrainingStopped
-    from harl.errors import ConfigError
-    from harl.errors import CorruptImageError, DataFileError
-    from harl.errors import TrainingHalted
 
     try:
         fn(argv)

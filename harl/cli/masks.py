@@ -23,6 +23,8 @@ import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence
 from harl.errors import UsageError
+from harl.config_values import Int, Num
+from harl.errors import MetaMismatchError
 
 PROG = "harl-masks"
 
@@ -314,8 +316,6 @@ def cmd_merge(args) -> int:
 
 def _is_user_error(err: BaseException) -> bool:
     """Input / usage errors get a one-line message and exit status 2 (bugs keep their traceback)."""
-    from harl.errors import MetaMismatchError
-
     kinds = [FileNotFoundError, MetaMismatchError, UsageError, ValueError, KeyError]
     for module, name in (("harl.masks.saliency_model", "SaliencyWeightsError"),
                          ("harl.checkpoint", "CheckpointMismatchError")):
@@ -326,8 +326,6 @@ def _is_user_error(err: BaseException) -> bool:
 
 
 def _arg_values():
-    from harl.config_values import Int, Num
-
     return {"chunksize": Int(ge=0), "threshold": Num(), "pred_threshold": Num(), "gt_threshold": Num(),
             "mask_threshold": Num(), "epochs": Int(ge=1), "lr": Num(gt=0), "weight_decay": Num(ge=0),
             "num_workers": Int(ge=0), "seed": Int(ge=0)}

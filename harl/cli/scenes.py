@@ -18,6 +18,7 @@ from harl.data.fashion_mnist import DEFAULT_ROOT
 from harl.errors import IDXFormatError
 from harl.data.fashion_scenes import (BACKGROUND_STYLES, PHOTOS, TINT_MODES, FashionScenesParams,
                                       generate_fashion_scenes)
+from harl.config_values import Int, Num, Seq
 
 
 def _csv_list(text: str) -> List[str]:
@@ -70,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from harl.cli.common import check_args
-    from harl.config_values import Int, Num, Seq
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -23,6 +23,19 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from harl.config_values import Int, Num
+from harl.errors import CheckpointMismatchError
+from harl.errors import ManifestError
+from harl.errors import ZooDownloadError
+from harl.utils.io import atomic_write_text
+from harl.zoo.add import add_entry, read_config_file, read_metrics
+from harl.zoo.download import cached_path
+from harl.zoo.download import entry_status
+from harl.zoo.download import fetch_entry
+from harl.zoo.manifest import load_manifest
+from harl.zoo.readme import readme_is_current, readme_path
+from harl.zoo.readme import readme_is_current, readme_path, write_readme
+
 PROG = "harl-zoo"
 
 
@@ -118,9 +131,6 @@ def _fmt_metric(v) -> str:
 
 
 def cmd_list(args) -> int:
-    from harl.zoo.download import cached_path
-    from harl.zoo.manifest import load_manifest
-
     m = load_manifest(args.manifest)
     if args.json:
         print(json.dumps([e.to_dict() for e in m.entries], indent=2))
@@ -145,9 +155,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from harl.zoo.download import fetch_entry
-    from harl.zoo.manifest import load_manifest
-
     entry = load_manifest(args.manifest).get(args.name)
     path = fetch_entry(entry, cache_dir=args.cache_dir, progress=not args.no_progress, force=args.force,
                        timeout=args.timeout)
@@ -156,10 +163,6 @@ def cmd_download(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from harl.zoo.download import entry_status
-    from harl.zoo.manifest import load_manifest
-    from harl.zoo.readme import readme_is_current, readme_path
-
     m = load_manifest(args.manifest)  # schema errors raise here
     print(f"manifest {m.path}: valid, {len(m.entries)} entries")
     bad = 0
@@ -209,16 +212,12 @@ def cmd_import(args) -> int:
     print(report.to_text())
     res = export_weights(weights, args.format, args.out, args.dtype)
     if args.report:
-        from harl.utils.io import atomic_write_text
-
         atomic_write_text(args.report, json.dumps(report.to_dict(), indent=2))
     _print_result(res)
     return 0
 
 
 def cmd_add(args) -> int:
-    from harl.zoo.add import add_entry, read_config_file, read_metrics
-
     hardware = None
     if args.device:
         hardware = {"device": args.device}
@@ -239,9 +238,6 @@ def cmd_add(args) -> int:
 
 
 def cmd_readme(args) -> int:
-    from harl.zoo.manifest import load_manifest
-    from harl.zoo.readme import readme_is_current, readme_path, write_readme
-
     m = load_manifest(args.manifest)
     if args.check:
         if readme_is_current(m):
@@ -258,14 +254,9 @@ COMMANDS = {"list": cmd_list, "download": cmd_download, "verify": cmd_verify, "e
 
 
 def _expected_errors():
-    from harl.errors import ZooDownloadError
-    from harl.errors import ManifestError
-
     errors: List[type] = [ManifestError, ZooDownloadError, FileNotFoundError, KeyError, ValueError]
     try:  # torch-side errors, only when those modules were imported
         if "harl.checkpoint" in sys.modules:
-            from harl.errors import CheckpointMismatchError
-
             errors.append(CheckpointMismatchError)
     except ImportError:  # pragma: no cover
         pass
@@ -274,7 +265,6 @@ def _expected_errors():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from harl.cli.common import check_args
-    from harl.config_values import Int, Num
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -45,6 +45,7 @@ from PIL import Image
 from harl.data.fashion_mnist import CLASS_NAMES, NUM_CLASSES, read_fashion_mnist
 from harl.registry import Registry
 from harl.errors import SceneTreeMismatchError
+from harl.utils.procs import die_with_parent
 
 GENERATOR_NAME = "fashion-scenes"
 GENERATOR_VERSION = "1.0"
@@ -490,8 +491,6 @@ _WORKER_OUT: Optional[str] = None
 
 def _init_pool_worker(parent_pid: int, ctx: SceneContext, out_dir: str) -> None:
     """Pool initializer: the worker exits when the generating process dies (kill -9 included)."""
-    from harl.utils.procs import die_with_parent
-
     die_with_parent(parent_pid)
     _init_worker(ctx, out_dir)
 

@@ -45,6 +45,12 @@ from harl.config import CHECKPOINT_DIR, DATA_BLOCK, FREE, REQUIRED, check_schema
 from harl.errors import ConfigError
 from harl.registry import DATASETS
 from harl.eval.linear_config import check_eval_augmentations
+from harl.checkpoint import read_run_config
+from harl.config_values import COMMON_VALUES, MEAN_STD, Bool, Either, Int, Num, Seq, Str
+from harl.config_values import check_values
+from harl.data.filters import HighPass
+from harl.eval.pretrained import file_sha256
+from harl.eval.pretrained import load_pretrained_backbone
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -94,8 +100,6 @@ FINETUNE_SCHEMA: Dict[str, Any] = {
 }
 
 def _values() -> Dict[str, Any]:
-    from harl.config_values import COMMON_VALUES, MEAN_STD, Bool, Either, Int, Num, Seq, Str
-
     keep = ("name", "seed", "max_epochs", "data.dataset", "data.train_path", "data.val_path", "data.num_workers",
             "data.download", "data.skip_corrupt", "data.num_classes", "optimizer.batch_size", "optimizer.weight_decay",
             "scheduler.warmup_epochs", "checkpoint.dir", "accelerator")
@@ -154,7 +158,6 @@ def validate_finetune_cfg(cfg: Any) -> DictConfig:
     """
     # "resolved" and "pretrain_method" are written into args.json by the runner
     out = check_schema(cfg, FINETUNE_SCHEMA, allow_trainer_keys=False, drop=("resolved", "pretrain_method"))
-    from harl.config_values import check_values
 
     check_values(out, FINETUNE_VALUES)
     choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
@@ -228,8 +231,6 @@ def config_digest(cfg: DictConfig) -> str:
             node = node.get(p, {})
         node.pop(parts[-1], None)
     if d.get("pretrained_feature_extractor"):
-        from harl.eval.pretrained import file_sha256
-
         path = os.path.abspath(str(d["pretrained_feature_extractor"]))
         d["pretrained_feature_extractor"] = path
         d["pretrained_sha256"] = file_sha256(path)  # a checkpoint rewritten in place gets a new folder
@@ -504,8 +505,6 @@ def stage_name(lr: float, weight_decay: float) -> str:
 
 def _pretrain_facts(path: Optional[str]) -> Dict[str, Any]:
     """``{"seed", "pretrain_run", "crop_size"}`` of the pretraining run a checkpoint comes from."""
-    from harl.checkpoint import read_run_config
-
     out: Dict[str, Any] = {"seed": None, "pretrain_run": None, "crop_size": None}
     if not path:
         return out
@@ -549,8 +548,6 @@ class FinetuneRunner:
 
     # -- pieces ----------------------------------------------------------------------------------
     def build_backbone(self):
-        from harl.eval.pretrained import load_pretrained_backbone
-
         c = self.cfg
         kwargs = OmegaConf.to_container(c.backbone.kwargs, resolve=True) or None
         return load_pretrained_backbone(c.pretrained_feature_extractor, c.backbone.name, kwargs,
@@ -562,7 +559,6 @@ class FinetuneRunner:
             use = bool(info.get("highpass"))
         if not use:
             return None
-        from harl.data.filters import HighPass
 
         return HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 

@@ -61,6 +61,8 @@ from torch import nn
 
 from harl.checkpoint import backbone_state_dict, read_run_config, read_state_dict, strict_load
 from harl.errors import CheckpointMismatchError
+from harl.registry import METHODS
+from harl.data.registry import DATASETS
 
 #: SGM's default high-pass filter (docs/methods/sgm.md)
 DEFAULT_HP_KERNEL = 11
@@ -185,12 +187,9 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
     if _is_linear_run(run_cfg):
         return str(name), kwargs  # a linear run stores the resolved architecture
     from harl.backbones import BACKBONES
-    from harl.data.registry import DATASETS
 
     method = _get(run_cfg, "method")
     if name in BACKBONES:
-        from harl.methods import METHODS
-
         if method in METHODS:
             # runs written before args.json recorded them (HARL feature_map: c5_stride1)
             cls = METHODS.get(method)

@@ -39,6 +39,10 @@ from harl.errors import ConfigError
 from harl.eval.linear_config import parse_linear_cfg
 from harl.eval.pretrained import DEFAULT_HP_KERNEL, DEFAULT_HP_SIGMA, load_pretrained_backbone
 from harl.registry import Registry
+from harl.version import __version__
+from harl.data.filters import HighPass
+from harl.data.registry import DATASETS
+from harl.eval.features import describe_transform, feature_cache_key, key_digest
 
 log = logging.getLogger("harl")
 
@@ -101,7 +105,6 @@ def default_crop_size(dataset_name: str) -> Optional[int]:
     square resize side for stl10 (96); None for sets used at their native size (read from the
     first image)."""
     from harl.data.eval_transforms import resize_center_crop_geometry
-    from harl.data.registry import DATASETS
 
     spec = DATASETS.get(dataset_name)
     geometry = (spec.eval_geometry or resize_center_crop_geometry)(224)
@@ -144,8 +147,6 @@ def resolve_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
 def masks_roots(cfg: DictConfig) -> Tuple[str, str]:
     """(train masks root, val masks root) for the dense probe: ``data.masks.root`` /
     ``data.masks.val_root``, else the dataset's default (fashion_scenes: the ``masks`` mirror)."""
-    from harl.data.registry import DATASETS
-
     spec = DATASETS.get(cfg.data.dataset)
     roots = []
     for key, path, split in (("root", cfg.data.train_path, "train"), ("val_root", cfg.data.val_path, "val")):
@@ -181,8 +182,6 @@ def build_datasets(ctx: EvalContext, *, train_augment: bool, with_masks: bool):
 
 def cache_path_for(ctx: EvalContext, split: str, dataset, kind: str) -> Tuple[Optional[str], Optional[Dict]]:
     """(cache file, cache key) of a feature set, or (None, None) with ``cache.enabled: false``."""
-    from harl.eval.features import describe_transform, feature_cache_key, key_digest
-
     cfg = ctx.cfg
     if not cfg.cache.enabled:
         return None, None
@@ -328,7 +327,6 @@ def evaluate(cfg: Any, progress: Optional[bool] = None) -> Dict[str, Any]:
     def input_transform():
         if not apply_hp:
             return None
-        from harl.data.filters import HighPass
 
         return HighPass(kernel, sigma)
 
@@ -381,9 +379,7 @@ def _json_default(x):
 
 
 def _harl_version() -> str:
-    import harl
-
-    return getattr(harl, "__version__", "unknown")
+    return __version__
 
 
 def read_results(run_dir: str) -> Dict[str, Any]:

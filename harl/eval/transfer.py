@@ -28,6 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harl.data.filters import HighPass
+from harl.eval.features import extract_features, feature_cache_key, key_digest
+from harl.eval.features import state_dict_sha256
+
 #: 45 log-spaced penalties from 1e-6 to 1e5 (BYOL's transfer protocol)
 DEFAULT_PENALTIES: Tuple[float, ...] = tuple(float(v) for v in np.logspace(-6, 5, 45))
 
@@ -277,14 +281,11 @@ def _features(backbone, info, dataset, *, split_name: str, data_path: str, cache
               in_tf, batch_size: int, num_workers: int, device, progress: bool):
     """Features of ``dataset`` with :func:`harl.eval.features.extract_features`, cached under
     ``cache_dir`` by a key naming the weights, data, split and transforms."""
-    from harl.eval.features import extract_features, feature_cache_key, key_digest
-
     cache_path = None
     key = None
     if cache_dir:
         if info.get("random_init") or not info.get("sha256"):
             # no file names the weights: key on the weights themselves (the extractor's default key)
-            from harl.eval.features import state_dict_sha256
 
             tag = state_dict_sha256(backbone)[:16]
         else:
@@ -345,8 +346,6 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     std = list(std) if std is not None else (info.get("std") or list(d_std))
     in_tf = None
     if eval_highpass if eval_highpass is not None else bool(info.get("highpass")):
-        from harl.data.filters import HighPass
-
         in_tf = HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 
     def ds(path, split):

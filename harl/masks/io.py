@@ -32,6 +32,8 @@ from PIL import Image
 from harl.utils.io import atomic_write_bytes, tmp_path
 from harl.utils.walk import walk_unique
 from harl.errors import ImageReadError
+from harl.data.image_io import read_image
+from harl.errors import CorruptImageError
 
 # the same list as harl.data.image_io.IMG_EXTENSIONS (torchvision ImageFolder); kept here so that
 # importing this module does not import the data pipeline (checked by a test)
@@ -139,9 +141,6 @@ def read_image_rgb(path: str) -> np.ndarray:
 
     Raises :class:`ImageReadError` naming the file (missing, truncated, corrupt, unsupported).
     """
-    from harl.data.image_io import read_image
-    from harl.errors import CorruptImageError
-
     try:
         arr = np.asarray(read_image(path), dtype=np.uint8)
     except CorruptImageError as err:

@@ -50,6 +50,9 @@ from harl.masks.io import (
     shard_select,
 )
 from harl.errors import MetaMismatchError, MissingSourceMaskError
+from harl.errors import ImageReadError
+from harl.masks.registry import GENERATORS, load_builtin_generators
+from harl.utils.procs import die_with_parent
 
 STATE_DIR = ".harl-masks"
 MANIFEST_FIELDS = ("relpath", "height", "width", "fg_fraction", "n_segments", "fallback")
@@ -74,14 +77,10 @@ class ImageGeneratorJob:
 
     @property
     def uses_torch(self) -> bool:
-        from harl.masks.registry import GENERATORS, load_builtin_generators
-
         load_builtin_generators()
         return GENERATORS.get(self.generator).uses_torch
 
     def setup(self) -> None:
-        from harl.masks.registry import GENERATORS, load_builtin_generators
-
         load_builtin_generators()
         self._fn = GENERATORS.get(self.generator).build(self.params)
 
@@ -122,7 +121,6 @@ _WORKER: Dict[str, Any] = {}
 
 def _init_worker(job, out_root: str, torch_threads: int, parent_pid: Optional[int] = None) -> None:
     if parent_pid is not None:  # a pool worker: never outlive the command (kill -9 included)
-        from harl.utils.procs import die_with_parent
 
         die_with_parent(parent_pid)
     if torch_threads > 0:
@@ -146,7 +144,6 @@ def process_one(job, out_root: str, relpath: str) -> Dict[str, Any]:
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - one bad image must not stop the run
-        from harl.errors import ImageReadError
 
         msg = str(err) if isinstance(err, (ImageReadError, MissingSourceMaskError)) else f"{type(err).__name__}: {err}"
         return {"ok": False, "relpath": relpath, "error": " ".join(msg.split())}

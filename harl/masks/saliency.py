@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from harl.masks.registry import GeneratorSpec, param, register_generator
+from harl.masks.ops import count_components
 
 
 DEFAULT_SHORT_SIDE = 320
@@ -75,8 +76,6 @@ class SaliencyPredictor:
         return predict_probability(model, image, self._short_side)
 
     def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
-        from harl.masks.ops import count_components
-
         mask = self.probability(image) > self.params.threshold
         return mask, {"n_segments": count_components(mask), "fallback": ""}
 

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from harl.registry import close_match_hint
 from harl.errors import ManifestError
+from harl.utils.io import atomic_write_text
 
 MANIFEST_ENV = "HARL_ZOO_MANIFEST"
 SCHEMA_VERSION = 1
@@ -379,8 +380,6 @@ def dump_manifest(manifest: Manifest) -> str:
 
 def save_manifest(manifest: Manifest) -> None:
     """Validate, then write the manifest atomically."""
-    from harl.utils.io import atomic_write_text
-
     text = dump_manifest(manifest)
     manifest_from_dict(manifest.to_dict(), manifest.path)  # never write an invalid manifest
     atomic_write_text(manifest.path, text)
