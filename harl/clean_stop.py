@@ -23,18 +23,9 @@ import os
 from typing import Optional
 
 from lightning.pytorch import Callback
-from harl.errors import TrainingStopped
-from harl.errors import CorruptImageError, DataFileError
-from harl.errors import MaskSizeMismatchError, MissingMaskError
+from harl.errors import TrainingStopped, data_error_message
 
 log = logging.getLogger("harl")
-
-
-def data_error_message(err: BaseException) -> Optional[str]:
-    """The one-line message of an unreadable-data error (None: ``err`` is not one)."""
-    if isinstance(err, (DataFileError, CorruptImageError, MissingMaskError, MaskSizeMismatchError)):
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return None
 
 
 class DataErrorStop(Callback):
@@ -85,4 +76,4 @@ class DataErrorStop(Callback):
         return TrainingStopped(f"{self.message}{where}")
 
 
-__all__ = ["DataErrorStop", "TrainingStopped", "data_error_message"]
+__all__ = ["DataErrorStop"]

@@ -9,7 +9,7 @@ and input errors (:data:`INPUT_ERRORS`) into one ``error: …`` line and exit co
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -153,6 +153,23 @@ class UnsupportedExport(ValueError):
     """The requested format cannot represent this architecture."""
 
 
+def data_error_message(err: BaseException) -> Optional[str]:
+    """The one-line message of an unreadable-data error (None: ``err`` is not one)."""
+    if isinstance(err, (DataFileError, CorruptImageError, MissingMaskError, MaskSizeMismatchError)):
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
+
+
+#: configuration and input errors: every console command prints them as one line ``error: ...``
+#: and exits with status 2 (:func:`harl.cli.common.run_cli`); a command may add its own
+INPUT_ERRORS = (
+    ConfigError, UsageError, FileNotFoundError, FileExistsError, CorruptImageError, DataFileError,
+    MaskSizeMismatchError, IDXFormatError, ImageReadError, MetaMismatchError, SaliencyWeightsError,
+    CheckpointMismatchError, CheckpointWriteError, TrainingHalted, TrainingStopped,
+    ManifestError, ZooDownloadError, UnsupportedExport,
+)
+
+
 __all__ = [
     "ConfigError", "UsageError", "DataVerifyError", "SubsetListError",
     "CorruptImageError", "DataFileError", "DatasetNotFoundError", "MissingMaskError", "MaskSizeMismatchError",
@@ -160,5 +177,5 @@ __all__ = [
     "ImageReadError", "MissingSourceMaskError", "MetaMismatchError", "SaliencyWeightsError",
     "CheckpointMismatchError", "CheckpointWriteError", "TrainingHalted", "NonFiniteTrainingError", "HealthError",
     "TrainingStopped",
-    "ManifestError", "ZooDownloadError", "UnsupportedExport",
+    "ManifestError", "ZooDownloadError", "UnsupportedExport", "INPUT_ERRORS", "data_error_message",
 ]

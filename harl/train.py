@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 
 from harl.checkpoint import (Checkpointer, checkpoint_problem, choose_resume, new_version, preserve_metrics_on_resume,
                              run_root)
-from harl.clean_stop import DataErrorStop, data_error_message
+from harl.clean_stop import DataErrorStop
 from harl.config import num_devices, parse_cfg, trainer_extra_kwargs
-from harl.errors import ConfigError
+from harl.errors import ConfigError, data_error_message
 from harl.data.sampling import SamplerState
 from harl.guard import FiniteGuard
 from harl.health import HealthMonitor

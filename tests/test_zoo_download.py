@@ -276,7 +276,7 @@ def test_cli_download_and_offline_error(server, tmp_path, monkeypatch, capsys):
     assert out.endswith(f"tiny-{SHA[:12]}.safetensors") and verify_file(out, SHA) is None
     assert main(["download", "offline", "--cache-dir", cache, "--no-progress", "--timeout", "5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("harl-zoo: error: could not download 'offline'")
+    assert err.count("\n") == 0 and err.startswith("error: could not download 'offline'")
     assert "connection refused" in err and cache in err
     assert main(["download", "tin", "--cache-dir", cache]) == 2
     assert "did you mean 'tiny'" in capsys.readouterr().err

@@ -257,4 +257,4 @@ def test_cli_export(r18, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope.ckpt"), "--format", "timm", "--manifest",
                  str(tmp_path / "none.yaml")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("harl-zoo: error:") and "nope.ckpt" in err
+    assert err.startswith("error:") and "nope.ckpt" in err

@@ -22,9 +22,9 @@ import os
 import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence
-from harl.errors import UsageError
+from harl.cli.common import check_args, run_cli
 from harl.config_values import Int, Num
-from harl.errors import MetaMismatchError
+from harl.errors import UsageError
 
 PROG = "harl-masks"
 
@@ -314,54 +314,28 @@ def cmd_merge(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_user_error(err: BaseException) -> bool:
-    """Input / usage errors get a one-line message and exit status 2 (bugs keep their traceback)."""
-    kinds = [FileNotFoundError, MetaMismatchError, UsageError, ValueError, KeyError]
-    for module, name in (("harl.masks.saliency_model", "SaliencyWeightsError"),
-                         ("harl.checkpoint", "CheckpointMismatchError")):
-        mod = sys.modules.get(module)  # only modules already imported can have raised their errors
-        if mod is not None and hasattr(mod, name):
-            kinds.append(getattr(mod, name))
-    return isinstance(err, tuple(kinds))
-
-
 def _arg_values():
     return {"chunksize": Int(ge=0), "threshold": Num(), "pred_threshold": Num(), "gt_threshold": Num(),
             "mask_threshold": Num(), "epochs": Int(ge=1), "lr": Num(gt=0), "weight_decay": Num(ge=0),
             "num_workers": Int(ge=0), "seed": Int(ge=0)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from harl.cli.common import check_args
-
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     sub = next((a.choices.get(getattr(args, a.dest, None)) for a in parser._actions
                 if isinstance(a, argparse._SubParsersAction)), None)
     check_args(sub or parser, args, _arg_values())
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted; finished masks are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into `head` etc.: the work is done, stay quiet
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except Exception as err:  # noqa: BLE001 - filtered below
-        from harl.cli.common import write_failure
+    return int(args.func(args) or 0)
 
-        reason = write_failure(err)
-        if reason is not None:  # disk full / quota / size limit: finished masks are complete files
-            print(f"error: could not write a file ({reason}); finished masks are kept (each is written under a "
-                  "temporary name and renamed), free some space and rerun the same command to resume",
-                  file=sys.stderr)
-            return 1
-        if not _is_user_error(err):
-            raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Errors as every harl command reports them (:func:`harl.cli.common.run_cli`); here a
+    ``ValueError`` / ``KeyError`` from a generator's parameters is an input error too."""
+    return run_cli(_main, argv, input_errors=(ValueError, KeyError),
+                   interrupted="interrupted; finished masks are kept, rerun the same command to resume",
+                   write_hint="finished masks are kept (each is written under a temporary name and renamed), free "
+                              "some space and rerun the same command to resume")
 
 
 if __name__ == "__main__":

@@ -23,17 +23,12 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from harl.cli.common import check_args, run_cli
 from harl.config_values import Int, Num
-from harl.errors import CheckpointMismatchError
-from harl.errors import ManifestError
-from harl.errors import ZooDownloadError
 from harl.utils.io import atomic_write_text
 from harl.zoo.add import add_entry, read_config_file, read_metrics
-from harl.zoo.download import cached_path
-from harl.zoo.download import entry_status
-from harl.zoo.download import fetch_entry
+from harl.zoo.download import cached_path, entry_status, fetch_entry
 from harl.zoo.manifest import load_manifest
-from harl.zoo.readme import readme_is_current, readme_path
 from harl.zoo.readme import readme_is_current, readme_path, write_readme
 
 PROG = "harl-zoo"
@@ -253,34 +248,18 @@ COMMANDS = {"list": cmd_list, "download": cmd_download, "verify": cmd_verify, "e
             "import": cmd_import, "add": cmd_add, "readme": cmd_readme}
 
 
-def _expected_errors():
-    errors: List[type] = [ManifestError, ZooDownloadError, FileNotFoundError, KeyError, ValueError]
-    try:  # torch-side errors, only when those modules were imported
-        if "harl.checkpoint" in sys.modules:
-            errors.append(CheckpointMismatchError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from harl.cli.common import check_args
-
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args, {"timeout": Num(gt=0), "device_count": Int(ge=1, nullable=True),
                               "hours": Num(ge=0, nullable=True), "epochs": Int(ge=1, nullable=True)})
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - narrowed below
-        if not isinstance(err, _expected_errors()):
-            raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
+    return COMMANDS[args.command](args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Errors as every harl command reports them (:func:`harl.cli.common.run_cli`); here a
+    ``ValueError`` / ``KeyError`` (a bad name, a bad option value) is an input error too."""
+    return run_cli(_main, argv, input_errors=(ValueError, KeyError))
 
 
 if __name__ == "__main__":  # pragma: no cover

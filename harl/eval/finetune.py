@@ -48,7 +48,6 @@ from harl.eval.linear_config import check_eval_augmentations
 from harl.checkpoint import read_run_config
 from harl.config_values import COMMON_VALUES, MEAN_STD, Bool, Either, Int, Num, Seq, Str
 from harl.config_values import check_values
-from harl.data.filters import HighPass
 from harl.eval.pretrained import file_sha256
 from harl.eval.pretrained import load_pretrained_backbone
 
@@ -559,6 +558,8 @@ class FinetuneRunner:
             use = bool(info.get("highpass"))
         if not use:
             return None
+
+        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
 
         return HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 

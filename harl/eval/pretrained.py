@@ -61,8 +61,7 @@ from torch import nn
 
 from harl.checkpoint import backbone_state_dict, read_run_config, read_state_dict, strict_load
 from harl.errors import CheckpointMismatchError
-from harl.registry import METHODS
-from harl.data.registry import DATASETS
+from harl.registry import DATASETS, METHODS
 
 #: SGM's default high-pass filter (docs/methods/sgm.md)
 DEFAULT_HP_KERNEL = 11

@@ -38,10 +38,8 @@ from harl.checkpoint import atomic_write_text, choose_resume, new_version, resum
 from harl.errors import ConfigError
 from harl.eval.linear_config import parse_linear_cfg
 from harl.eval.pretrained import DEFAULT_HP_KERNEL, DEFAULT_HP_SIGMA, load_pretrained_backbone
-from harl.registry import Registry
+from harl.registry import DATASETS, Registry
 from harl.version import __version__
-from harl.data.filters import HighPass
-from harl.data.registry import DATASETS
 from harl.eval.features import describe_transform, feature_cache_key, key_digest
 
 log = logging.getLogger("harl")
@@ -327,6 +325,8 @@ def evaluate(cfg: Any, progress: Optional[bool] = None) -> Dict[str, Any]:
     def input_transform():
         if not apply_hp:
             return None
+
+        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
 
         return HighPass(kernel, sigma)
 

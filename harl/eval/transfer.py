@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harl.data.filters import HighPass
 from harl.eval.features import extract_features, feature_cache_key, key_digest
 from harl.eval.features import state_dict_sha256
 
@@ -346,6 +345,8 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     std = list(std) if std is not None else (info.get("std") or list(d_std))
     in_tf = None
     if eval_highpass if eval_highpass is not None else bool(info.get("highpass")):
+        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
+
         in_tf = HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 
     def ds(path, split):

@@ -32,7 +32,6 @@ from PIL import Image
 from harl.utils.io import atomic_write_bytes, tmp_path
 from harl.utils.walk import walk_unique
 from harl.errors import ImageReadError
-from harl.data.image_io import read_image
 from harl.errors import CorruptImageError
 
 # the same list as harl.data.image_io.IMG_EXTENSIONS (torchvision ImageFolder); kept here so that
@@ -141,6 +140,8 @@ def read_image_rgb(path: str) -> np.ndarray:
 
     Raises :class:`ImageReadError` naming the file (missing, truncated, corrupt, unsupported).
     """
+    from harl.data.image_io import read_image  # lazy: harl.data imports torch, the CPU generators need none
+
     try:
         arr = np.asarray(read_image(path), dtype=np.uint8)
     except CorruptImageError as err:

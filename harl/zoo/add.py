@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from harl.zoo.manifest import Manifest, ZooEntry, load_manifest, save_manifest, scrub_paths, validate_metrics
 from harl.errors import ManifestError
-from harl.data.registry import DATASETS, IMAGENET_MEAN, IMAGENET_STD
+from harl.registry import DATASETS
 from harl.utils.io import atomic_write_bytes
 from harl.zoo.readme import write_readme
 
@@ -70,6 +70,8 @@ def input_spec(cfg: Mapping[str, Any], dataset: str) -> Tuple[int, List[float], 
     if dataset in DATASETS:
         mean, std = DATASETS.get(dataset).stats()
     else:
+        from harl.data.registry import IMAGENET_MEAN, IMAGENET_STD  # lazy: harl.data imports torch
+
         mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
     mean = first.get("mean") or mean
     std = first.get("std") or std
