@@ -72,7 +72,7 @@ def _positive_int(text: str) -> int:
 
 
 def _shard(text: str):
-    from harl.masks.io import parse_shard
+    from harl.masks.io import parse_shard  # lazy: keeps the command's start-up light
 
     try:
         return parse_shard(text)
@@ -97,7 +97,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harl.masks.registry import GENERATORS, load_builtin_generators
+    from harl.masks.registry import GENERATORS, load_builtin_generators  # lazy: keeps the command's start-up light
 
     load_builtin_generators()
     parser = argparse.ArgumentParser(prog=PROG, description="Offline binary foreground masks for mask-guided SSL "
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _relpaths(args) -> List[str]:
-    from harl.masks.io import list_files, read_file_list
+    from harl.masks.io import list_files, read_file_list  # lazy: keeps the command's start-up light
 
     images = os.path.abspath(args.images)
     out = os.path.abspath(args.out)
@@ -183,7 +183,7 @@ def _relpaths(args) -> List[str]:
 
 
 def _run_options(args):
-    from harl.masks.runner import RunOptions
+    from harl.masks.runner import RunOptions  # lazy: keeps the command's start-up light
 
     return RunOptions(workers=args.workers, shard=args.shard, overwrite=args.overwrite,
                       progress=args.progress, chunksize=args.chunksize)
@@ -206,8 +206,8 @@ def _finish(summary, args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from harl.masks.registry import GENERATORS
-    from harl.masks.runner import ImageGeneratorJob, run_job
+    from harl.masks.registry import GENERATORS  # lazy: keeps the command's start-up light
+    from harl.masks.runner import ImageGeneratorJob, run_job  # lazy: keeps the command's start-up light
 
     spec = GENERATORS.get(args.generator)
     params = params_from_args(args, spec.params_cls)
@@ -223,8 +223,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from harl.masks.importer import FALLBACK_RESIZED, ImportJob
-    from harl.masks.runner import run_job
+    from harl.masks.importer import FALLBACK_RESIZED, ImportJob  # lazy: keeps the command's start-up light
+    from harl.masks.runner import run_job  # lazy: keeps the command's start-up light
 
     job = ImportJob(os.path.abspath(args.images), os.path.abspath(args.masks), args.threshold)
     rels = _relpaths(args)
@@ -237,7 +237,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from harl.masks.evaluate import evaluate_trees, write_json
+    from harl.masks.evaluate import evaluate_trees, write_json  # lazy: keeps the command's start-up light
 
     if not os.path.isdir(args.gt):
         raise FileNotFoundError(f"ground-truth folder '{args.gt}' does not exist")
@@ -254,7 +254,7 @@ def cmd_eval(args) -> int:
         import csv
         import io
 
-        from harl.masks.io import atomic_write_text
+        from harl.masks.io import atomic_write_text  # lazy: keeps the command's start-up light
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -282,6 +282,7 @@ def _parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def cmd_train_saliency(args) -> int:
+    # lazy: keeps the command's start-up light
     from harl.masks.saliency_train import SaliencyTrainConfig, train_saliency_head
 
     cfg = SaliencyTrainConfig(
@@ -299,7 +300,7 @@ def cmd_train_saliency(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from harl.masks.runner import format_histogram, merge_manifests
+    from harl.masks.runner import format_histogram, merge_manifests  # lazy: keeps the command's start-up light
 
     s = merge_manifests(args.out, count=args.shards)
     print(f"merged {s['images']} rows from {s['shards']} shard(s) into {os.path.join(args.out, 'manifest.csv')}; "

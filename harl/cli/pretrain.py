@@ -13,7 +13,7 @@ from harl.config import parse_cfg
 
 
 def _pretrain(argv) -> None:
-    from harl.train import pretrain
+    from harl.train import pretrain  # lazy: keeps the command's start-up light
 
     cfg = parse_cfg(load_config(argv, "harl-pretrain", "Self-supervised pretraining from a solo-learn-style YAML config."))
     result = pretrain(cfg)

@@ -185,8 +185,8 @@ def _print_result(res, prefix: str = "wrote") -> None:
 
 
 def cmd_export(args) -> int:
-    from harl.zoo.export import default_output, export_weights
-    from harl.zoo.models import resolve_weights
+    from harl.zoo.export import default_output, export_weights  # lazy: keeps the command's start-up light
+    from harl.zoo.models import resolve_weights  # lazy: keeps the command's start-up light
 
     weights, entry = resolve_weights(args.source, args.backbone, args.backbone_kwargs, args.manifest,
                                      args.cache_dir)
@@ -199,8 +199,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from harl.zoo.export import export_weights
-    from harl.zoo.importer import import_checkpoint
+    from harl.zoo.export import export_weights  # lazy: keeps the command's start-up light
+    from harl.zoo.importer import import_checkpoint  # lazy: keeps the command's start-up light
 
     weights, report = import_checkpoint(args.source, args.flavour, args.backbone, args.backbone_kwargs,
                                         trust=args.trust)

@@ -185,13 +185,13 @@ def build_fashion_scenes(root, split, *, download=False, no_labels=False, what="
 
 
 def _scenes_mean():
-    from harl.data.fashion_scenes import SCENES_MEAN
+    from harl.data.fashion_scenes import SCENES_MEAN  # lazy: the generator module is not needed to register
 
     return SCENES_MEAN
 
 
 def _scenes_std():
-    from harl.data.fashion_scenes import SCENES_STD
+    from harl.data.fashion_scenes import SCENES_STD  # lazy: the generator module is not needed to register
 
     return SCENES_STD
 

@@ -158,6 +158,7 @@ class DenseTask:
 @EVAL_MODES.register("dense")
 def run_dense(ctx: EvalContext) -> Dict[str, Any]:
     """Mode ``dense``: ``{miou, iou_fg, iou_bg, pixel_acc, best_miou, best_epoch, epochs, history, ...}``."""
+    # lazy: imports torchvision
     from harl.eval.linear import (ProbeModule, _loader, cached_tensors, fit_probe, optimizer_cfg, scheduler_cfg,
                                   seed_head, summarize_history)
 

@@ -565,6 +565,7 @@ class FinetuneRunner:
 
     def data(self, info: Dict[str, Any], facts: Dict[str, Any]):
         """(train source, train transform, eval transform, val dataset, num_classes, crop, mean, std)."""
+        # lazy: imports torchvision
         from harl.data import DATASETS, build_classification_dataset, build_eval_transform, dataset_stats
 
         c = self.cfg
@@ -597,7 +598,7 @@ class FinetuneRunner:
         return train_ds, eval_tf, val_ds, num_classes, crop, mean, std
 
     def select_subset(self, source) -> np.ndarray:
-        from harl.eval.subsets import class_balanced_subset, read_subset_list
+        from harl.eval.subsets import class_balanced_subset, read_subset_list  # lazy: imports torchvision
 
         sub = self.cfg.subset
         if sub.file is not None:
@@ -608,7 +609,7 @@ class FinetuneRunner:
 
     def _save_or_check_list(self, name: str, source, indices: np.ndarray, header: str) -> None:
         """Write a subset list, or check that an existing one (from an interrupted run) is identical."""
-        from harl.eval.subsets import item_key, write_subset_list
+        from harl.eval.subsets import item_key, write_subset_list  # lazy: imports torchvision
 
         path = os.path.join(self.run_dir, name)
         if os.path.isfile(path):
@@ -623,8 +624,8 @@ class FinetuneRunner:
 
     # -- the protocol ----------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
-        from harl.data import ClassificationDataset, SubsetSource
-        from harl.eval.subsets import holdout_split, subset_summary
+        from harl.data import ClassificationDataset, SubsetSource  # lazy: imports torchvision
+        from harl.eval.subsets import holdout_split, subset_summary  # lazy: imports torchvision
 
         c = self.cfg
         os.makedirs(self.run_dir, exist_ok=True)

@@ -51,7 +51,7 @@ def knn_scores(train_feats: torch.Tensor, train_targets: torch.Tensor, val_feats
 @EVAL_MODES.register("knn")
 def run_knn(ctx: EvalContext) -> Dict[str, Any]:
     """Mode ``knn``: ``{top1, top5, k, T, distance_func, grid, n_train, n_val}``."""
-    from harl.eval.linear import cached_tensors
+    from harl.eval.linear import cached_tensors  # lazy: imports torchvision
 
     cfg = ctx.cfg
     train_ds, val_ds = build_datasets(ctx, train_augment=False, with_masks=False)

@@ -149,7 +149,7 @@ def _stats_from_run_config(run_cfg: Any, dataset: Optional[str]):
         mean = _plain(_get(run_cfg, "data.augmentations.mean"))
         std = _plain(_get(run_cfg, "data.augmentations.std"))
     if (mean is None or std is None) and dataset:
-        from harl.data import DATASETS, dataset_stats
+        from harl.data import DATASETS, dataset_stats  # lazy: imports torchvision
 
         if dataset in DATASETS:
             d_mean, d_std = dataset_stats(dataset)
@@ -185,7 +185,7 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
     kwargs = dict(_plain(_get(run_cfg, "backbone.kwargs", {})) or {})
     if _is_linear_run(run_cfg):
         return str(name), kwargs  # a linear run stores the resolved architecture
-    from harl.backbones import BACKBONES
+    from harl.backbones import BACKBONES  # lazy: imports torchvision
 
     method = _get(run_cfg, "method")
     if name in BACKBONES:
@@ -235,7 +235,7 @@ def infer_resnet_architecture(state_dict: Dict[str, torch.Tensor]) -> Tuple[Opti
 
 
 def _build(name: str, kwargs: Dict[str, Any], seed: Optional[int]) -> nn.Module:
-    from harl.backbones import build_backbone
+    from harl.backbones import build_backbone  # lazy: imports torchvision
 
     if seed is not None:
         state = torch.random.get_rng_state()
@@ -309,7 +309,7 @@ def load_pretrained_backbone(path: Optional[str], backbone_name: Optional[str] =
         inferred_kwargs.update(kwargs)
         name, kwargs, arch_source = inferred_name, inferred_kwargs, "state_dict"
     else:
-        from harl.backbones import BACKBONES
+        from harl.backbones import BACKBONES  # lazy: imports torchvision
 
         if name in BACKBONES and run_cfg is None and sd is not None:
             _, inferred = infer_resnet_architecture(sd)

@@ -102,7 +102,7 @@ def default_crop_size(dataset_name: str) -> Optional[int]:
     """The evaluation crop of a dataset: 224 for ImageNet-style sets (Resize + CenterCrop), the
     square resize side for stl10 (96); None for sets used at their native size (read from the
     first image)."""
-    from harl.data.eval_transforms import resize_center_crop_geometry
+    from harl.data.eval_transforms import resize_center_crop_geometry  # lazy: imports torchvision
 
     spec = DATASETS.get(dataset_name)
     geometry = (spec.eval_geometry or resize_center_crop_geometry)(224)
@@ -122,7 +122,7 @@ def resolve_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
     dataset's statistics. crop_size: given > :func:`default_crop_size` > the side of the first
     validation image (native-size datasets: cifar, fashion sets).
     """
-    from harl.data import build_classification_dataset, dataset_stats
+    from harl.data import build_classification_dataset, dataset_stats  # lazy: imports torchvision
 
     aug = cfg.data.augmentations
     if aug.mean is None or aug.std is None:
@@ -162,7 +162,7 @@ def masks_roots(cfg: DictConfig) -> Tuple[str, str]:
 
 def build_datasets(ctx: EvalContext, *, train_augment: bool, with_masks: bool):
     """(train, val) :class:`~harl.data.ClassificationDataset` s of the config (masks for dense)."""
-    from harl.data import build_classification_dataset
+    from harl.data import build_classification_dataset  # lazy: imports torchvision
 
     cfg = ctx.cfg
     aug = cfg.data.augmentations

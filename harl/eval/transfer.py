@@ -325,11 +325,11 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     the whole search, …) into ``out_dir`` (default ``<checkpoint_dir>/transfer/<name>-<digest>``)
     and returns the same dict.
     """
-    from harl.checkpoint import atomic_write_text
-    from harl.data import build_classification_dataset, dataset_stats
-    from harl.eval.finetune import _pretrain_facts, resolve_device
-    from harl.eval.pretrained import load_pretrained_backbone
-    from harl.eval.subsets import holdout_split, write_subset_list
+    from harl.checkpoint import atomic_write_text  # lazy: imports lightning
+    from harl.data import build_classification_dataset, dataset_stats  # lazy: imports lightning, torchvision
+    from harl.eval.finetune import _pretrain_facts, resolve_device  # lazy: imports lightning
+    from harl.eval.pretrained import load_pretrained_backbone  # lazy: imports lightning
+    from harl.eval.subsets import holdout_split, write_subset_list  # lazy: imports lightning, torchvision
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -353,7 +353,7 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
         d = build_classification_dataset(dataset, path, split, crop, mean, std, train_augment=False,
                                          skip_corrupt=skip_corrupt)
         if resize:
-            from harl.data import EvalGeometry, EvalTransform
+            from harl.data import EvalGeometry, EvalTransform  # lazy: imports lightning, torchvision
 
             d.transform = EvalTransform(EvalGeometry(resize=(crop, crop)), mean, std)
         return d

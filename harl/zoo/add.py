@@ -48,7 +48,7 @@ def read_config_file(path: str) -> Dict[str, Any]:
 
 def epochs_trained(checkpoint: str, config: Mapping[str, Any]) -> int:
     """Epochs completed: ``ep=<e>`` in the checkpoint name is the 0-based epoch → e + 1; else max_epochs."""
-    from harl.checkpoint import CKPT_RE
+    from harl.checkpoint import CKPT_RE  # lazy: imports lightning, torch
 
     m = CKPT_RE.search(os.path.basename(checkpoint))
     if m:
@@ -90,7 +90,7 @@ def add_entry(checkpoint: str, name: str, metrics: Mapping[str, Any], license: s
     ``max_repo_bytes``). Otherwise the file is written to ``staging_dir`` for upload and ``urls``
     (required) say where it will be hosted.
     """
-    from harl.zoo.weights import read_backbone_weights, safetensors_bytes
+    from harl.zoo.weights import read_backbone_weights, safetensors_bytes  # lazy: imports lightning, torch
 
     manifest: Manifest = load_manifest(manifest_path)
     if name in manifest and not force:

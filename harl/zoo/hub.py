@@ -22,7 +22,7 @@ def hub_model(name: str, pretrained: bool = True, format: Optional[str] = None, 
     """
     if kwargs:
         raise TypeError(f"unexpected argument(s) for hub entry '{name}': {', '.join(sorted(kwargs))}")
-    from harl.zoo.models import load_backbone, random_backbone
+    from harl.zoo.models import load_backbone, random_backbone  # lazy: imports lightning
 
     m = load_manifest(manifest)
     entry = m.get(name)  # KeyError with the known entries

@@ -64,7 +64,7 @@ class BackboneWeights:
 
 def build_harl_backbone(weights: BackboneWeights, load: bool = True) -> torch.nn.Module:
     """harl's own backbone module (``SSLResNet`` or the timm model) with the weights loaded strictly."""
-    from harl.backbones import build_backbone
+    from harl.backbones import build_backbone  # lazy: imports torchvision
 
     model = build_backbone(weights.backbone, **weights.kwargs)
     if load:
