@@ -266,3 +266,29 @@ def test_docs_show_the_same_layers():
     assert marker in text, "docs/architecture.md has no '<!-- layers: ... -->' line"
     listed = text.split(marker, 1)[1].split("-->", 1)[0].split()
     assert listed == [n for n, _ in LAYERS], (listed, [n for n, _ in LAYERS])
+
+
+def test_registry_imports_its_plugins_on_first_lookup_only(tmp_path, monkeypatch):
+    import sys
+
+    from harl.registry import Registry
+
+    pkg = tmp_path / "plugpkg_h14"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from tests_reg_h14 import REG\nREG.register('a', 1)\nCOUNT = 1\n")
+    (tmp_path / "tests_reg_h14.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("thing", plugins=("plugpkg_h14",))
+    import tests_reg_h14
+
+    tests_reg_h14.REG = reg
+    reg.register("b", 2)  # registering does not load the plugins
+    assert "plugpkg_h14" not in sys.modules
+    assert reg.names() == ["a", "b"] and "plugpkg_h14" in sys.modules
+    assert reg.get("a") == 1 and len(reg) == 2
+    broken = Registry("broken", plugins=("no_such_module_h14",))
+    for _ in range(2):  # a failed load is retried, not remembered as done
+        with pytest.raises(ModuleNotFoundError):
+            broken.names()
+    for name in ("plugpkg_h14", "tests_reg_h14"):
+        sys.modules.pop(name, None)

@@ -235,4 +235,4 @@ def verify_for_training(cfg: Any, train_ds: Any, val_ds: Any = None) -> None:
     warnings.warn(text + "\nthese items are skipped (data.skip_corrupt=true)")
 
 
-__all__ = ["DataVerifyError", "Problem", "verify_dataset", "verify_for_training", "format_problems", "LEVELS"]
+__all__ = ["Problem", "verify_dataset", "verify_for_training", "format_problems", "LEVELS"]

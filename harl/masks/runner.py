@@ -588,7 +588,7 @@ def merge_manifests(out_root: str, count: Optional[int] = None) -> Dict[str, Any
 
 
 __all__ = [
-    "ImageGeneratorJob", "MetaMismatchError", "RunOptions", "RunSummary", "check_and_write_meta",
+    "ImageGeneratorJob", "RunOptions", "RunSummary", "check_and_write_meta",
     "fg_histogram", "format_histogram", "merge_manifests", "process_one", "read_all_journals",
     "read_failures", "read_journal", "read_manifest", "run_job", "summarize_rows",
 ]
