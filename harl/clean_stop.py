@@ -23,6 +23,7 @@ import os
 from typing import Optional
 
 from lightning.pytorch import Callback
+
 from harl.errors import TrainingStopped, data_error_message
 
 log = logging.getLogger("harl")

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from lightning.pytorch import Callback
+
 from harl.errors import NonFiniteTrainingError
 
 log = logging.getLogger("harl")

@@ -22,6 +22,7 @@ import os
 import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence
+
 from harl.cli.common import check_args, run_cli
 from harl.config_values import Int, Num
 from harl.errors import UsageError

@@ -20,6 +20,7 @@ import zlib
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
 from harl.errors import IDXFormatError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"

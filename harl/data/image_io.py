@@ -18,6 +18,7 @@ from typing import Union
 
 import numpy as np
 from PIL import Image
+
 from harl.errors import CorruptImageError
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
 from harl.errors import SaliencyWeightsError
 
 HEAD_FORMAT = "harl-saliency-head/1"
