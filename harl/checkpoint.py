@@ -40,20 +40,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harl.utils.io import atomic_torch_save, atomic_write_bytes, atomic_write_text, fsync_path, metrics_files  # noqa: F401
+from harl.errors import CheckpointMismatchError, CheckpointWriteError
 
 CKPT_RE = re.compile(r"-ep=(\d+)\.ckpt$")
 #: temporary files of interrupted writes: ``<ckpt>.tmp`` (checkpoints), ``<file>.tmp-<pid>-<hex>`` (others)
 STALE_TMP_RE = re.compile(r"(\.ckpt\.tmp|\.tmp-\d+-[0-9a-f]+)$")
 
 log = logging.getLogger("harl")
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not match the model it is loaded into."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint just written does not read back; the previous one is kept."""
 
 
 def checkpoint_problem(path: str) -> Optional[str]:

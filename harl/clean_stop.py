@@ -12,7 +12,7 @@ that failed: :class:`~harl.data.sampling.EpochShuffleSampler` skips the samples 
 already trained on in that epoch.
 
 Errors raised inside DataLoader worker processes are carried to the main process as
-:class:`~harl.data.image_io.DataFileError` (torch re-raises a worker's exception with the
+:class:`~harl.errors.DataFileError` (torch re-raises a worker's exception with the
 worker's traceback as its message; ``DataFileError`` keeps only its own line).
 """
 
@@ -24,21 +24,9 @@ from typing import Optional
 
 from lightning.pytorch import Callback
 
+from harl.errors import TrainingStopped, data_error_message
+
 log = logging.getLogger("harl")
-
-
-class TrainingStopped(RuntimeError):
-    """A run stopped on purpose (bad data file); the message says why and where the state was saved."""
-
-
-def data_error_message(err: BaseException) -> Optional[str]:
-    """The one-line message of an unreadable-data error (None: ``err`` is not one)."""
-    from harl.data.image_io import CorruptImageError, DataFileError
-    from harl.data.mask_pairing import MaskSizeMismatchError, MissingMaskError
-
-    if isinstance(err, (DataFileError, CorruptImageError, MissingMaskError, MaskSizeMismatchError)):
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return None
 
 
 class DataErrorStop(Callback):
@@ -89,4 +77,4 @@ class DataErrorStop(Callback):
         return TrainingStopped(f"{self.message}{where}")
 
 
-__all__ = ["DataErrorStop", "TrainingStopped", "data_error_message"]
+__all__ = ["DataErrorStop"]

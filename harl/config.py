@@ -8,7 +8,12 @@ optional key gets its default. :func:`parse_cfg` then derives what solo-learn's 
 derives (crop counts, number of classes, lr scaled by total batch / 256).
 
 Method-specific ``method_kwargs`` are validated against the method's own declared defaults
-(``METHODS[name].default_method_kwargs()``); optimizer ``kwargs`` against the optimizer's.
+(``METHODS[name].default_method_kwargs()``); optimizer ``kwargs`` against the optimizer's. The
+method, optimizer and dataset classes are reached through the registries of :mod:`harl.registry`
+(which import their packages on the first lookup), never imported here: this module sits below
+the data and method layers (``docs/architecture.md``). Every value check, the method's own
+(:meth:`~harl.methods.base.BaseMethod.check_cfg`) included, runs in :func:`validate_cfg`, before
+any dataset is listed.
 """
 
 from __future__ import annotations
@@ -20,11 +25,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from harl.registry import close_match_hint
-
-
-class ConfigError(ValueError):
-    """Raised for an unknown, missing or invalid configuration key."""
+from harl.config_values import METHOD_KWARG_VALUES, check_kwargs_values, check_pretrain_values
+from harl.errors import ConfigError
+from harl.registry import DATASETS, METHODS, OPTIMIZERS, close_match_hint
 
 
 class _Required:
@@ -74,6 +77,14 @@ MASKS_SCHEMA: Dict[str, Any] = {
     "vflip_prob": 0.0,
 }
 
+def pick(block: Mapping[str, Any], *keys: str) -> Dict[str, Any]:
+    """The entries ``keys`` of a shared ``block``, in the block's own order (copied)."""
+    missing = [k for k in keys if k not in block]
+    if missing:
+        raise KeyError(f"no key(s) {missing} in the block")
+    return {k: copy.deepcopy(v) for k, v in block.items() if k in keys}
+
+
 # ``enabled`` of the photometric / flip blocks: solo-learn's shipped YAMLs carry it, and solo-learn
 # applies an operation whenever its ``prob`` is non-zero whatever the flag says; harl does the same
 # (``prob`` decides) and warns when a block says ``enabled: False`` with a non-zero ``prob``.
@@ -93,26 +104,67 @@ AUGMENTATION_SCHEMA: Dict[str, Any] = {
 
 _FLAGGED_AUG_BLOCKS = ("color_jitter", "grayscale", "gaussian_blur", "solarization", "equalization", "horizontal_flip")
 
+# Blocks shared by the pretraining schema (below), the linear schema (harl.eval.linear_config) and
+# the fine-tuning schema (harl.eval.finetune): each is written once here; a schema takes the keys it
+# has with :func:`pick` (the order of the keys in a validated config is the block's order).
+
+#: every ``data`` key any schema has, in order (each schema picks its own)
+DATA_BLOCK: Dict[str, Any] = {
+    "dataset": REQUIRED,
+    "train_path": None,
+    "val_path": None,
+    "format": "image_folder",
+    "num_workers": 4,
+    "no_labels": False,
+    "fraction": -1.0,  # of the training split (class-stratified, seeded, in evaluation)
+    "download": False,
+    "skip_corrupt": False,
+    "verify": "off",  # pre-flight check of every file: off | quick (headers) | full (decode)
+    "num_classes": None,  # derived unless given (custom datasets)
+    # evaluation (linear, fine-tuning): null = the pretraining's
+    "augmentations": {"crop_size": None, "mean": None, "std": None},
+    "masks": MASKS_SCHEMA,
+}
+
+#: where run folders go (``checkpoint.dir``)
+CHECKPOINT_DIR = "trained_models"
+
+
+def checkpoint_block(enabled: bool) -> Dict[str, Any]:
+    """``checkpoint``: periodic checkpoints of a Lightning run (pretraining, linear)."""
+    return {"enabled": enabled, "dir": CHECKPOINT_DIR, "frequency": 1, "keep_prev": False}
+
+
+AUTO_RESUME_BLOCK: Dict[str, Any] = {"enabled": False, "max_hours": 36}  # max_hours null or 0: no age limit
+WANDB_BLOCK: Dict[str, Any] = {"enabled": False, "project": "harl", "entity": None, "offline": True, "tags": None}
+PERFORMANCE_BLOCK: Dict[str, Any] = {"disable_channel_last": False}
+
+
+def trainer_block(max_epochs: Any, accumulate_grad_batches: bool = True) -> Dict[str, Any]:
+    """The top-level keys that solo-learn passes to ``lightning.Trainer`` and harl handles itself."""
+    block = {
+        "max_epochs": max_epochs,
+        "devices": 1,
+        "num_nodes": 1,
+        "accelerator": "auto",
+        "strategy": "auto",
+        "precision": "32-true",
+        "sync_batchnorm": False,
+        "accumulate_grad_batches": 1,
+    }
+    if not accumulate_grad_batches:
+        del block["accumulate_grad_batches"]
+    return block
+
+
 SCHEMA: Dict[str, Any] = {
     "name": REQUIRED,
     "method": REQUIRED,
     "backbone": {"name": REQUIRED, "kwargs": FREE()},
     "method_kwargs": FREE(),
     "momentum": {"base_tau": 0.99, "final_tau": 1.0, "classifier": False},
-    "data": {
-        "dataset": REQUIRED,
-        "train_path": None,
-        "val_path": None,
-        "format": "image_folder",
-        "num_workers": 4,
-        "no_labels": False,
-        "fraction": -1.0,
-        "download": False,
-        "skip_corrupt": False,
-        "verify": "off",  # pre-flight check of every file: off | quick (headers) | full (decode)
-        "num_classes": None,  # derived unless given (custom datasets)
-        "masks": MASKS_SCHEMA,
-    },
+    "data": pick(DATA_BLOCK, "dataset", "train_path", "val_path", "format", "num_workers", "no_labels", "fraction",
+                 "download", "skip_corrupt", "verify", "num_classes", "masks"),
     "augmentations": ListOf(AUGMENTATION_SCHEMA),
     "optimizer": {
         "name": REQUIRED,
@@ -131,25 +183,18 @@ SCHEMA: Dict[str, Any] = {
         "interval": "step",
         "lr_decay_steps": None,
     },
-    "checkpoint": {"enabled": False, "dir": "trained_models", "frequency": 1, "keep_prev": False},
-    "auto_resume": {"enabled": False, "max_hours": 36},  # max_hours null or 0: no age limit
+    "checkpoint": checkpoint_block(enabled=False),
+    "auto_resume": AUTO_RESUME_BLOCK,
     "guard": {"enabled": True, "max_bad_steps": 0},  # harl.guard: stop on a non-finite loss/gradient
     "health": {"enabled": True, "strict": False, "every_n_steps": 20},  # harl.health warnings
     "knn_eval": {"enabled": False, "k": 20, "T": 0.07, "distance_func": "euclidean"},
-    "wandb": {"enabled": False, "project": "harl", "entity": None, "offline": True, "tags": None},
-    "performance": {"disable_channel_last": False},
+    "wandb": WANDB_BLOCK,
+    "performance": PERFORMANCE_BLOCK,
     "seed": 5,
     "resume_from_checkpoint": None,
     "debug_augmentations": False,
     "no_validation": False,
-    "max_epochs": REQUIRED,
-    "devices": 1,
-    "num_nodes": 1,
-    "accelerator": "auto",
-    "strategy": "auto",
-    "precision": "32-true",
-    "sync_batchnorm": False,
-    "accumulate_grad_batches": 1,
+    **trainer_block(max_epochs=REQUIRED),
     # derived by parse_cfg; accepted so that a resolved config validates again
     "num_large_crops": None,
     "num_small_crops": None,
@@ -159,16 +204,7 @@ SCHEMA: Dict[str, Any] = {
 }
 
 #: top-level keys solo-learn passes on to ``lightning.Trainer`` that harl handles itself
-_HANDLED_TRAINER_KEYS = {
-    "max_epochs",
-    "devices",
-    "num_nodes",
-    "accelerator",
-    "strategy",
-    "precision",
-    "sync_batchnorm",
-    "accumulate_grad_batches",
-}
+_HANDLED_TRAINER_KEYS = set(trainer_block(max_epochs=REQUIRED))
 
 #: ``Trainer`` arguments harl owns (set from other config keys); a config may not set them
 _FORBIDDEN_TRAINER_KEYS = {"logger", "callbacks", "enable_checkpointing", "default_root_dir"}
@@ -176,9 +212,17 @@ _FORBIDDEN_TRAINER_KEYS = {"logger", "callbacks", "enable_checkpointing", "defau
 
 def trainer_init_keys() -> List[str]:
     """Names accepted by ``lightning.Trainer.__init__`` (solo-learn passes these through)."""
-    from lightning.pytorch import Trainer
+    from lightning.pytorch import Trainer  # lazy: importing lightning costs seconds
 
     return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+
+
+def trainer_extra_kwargs(cfg: DictConfig, schema: Optional[Mapping] = None) -> dict:
+    """Top-level config keys that are ``Trainer`` arguments not in ``schema`` (default: the
+    pretraining schema), passed through as solo-learn does."""
+    schema = SCHEMA if schema is None else schema
+    return {key: cfg[key] for key in trainer_init_keys()
+            if key in cfg and key not in schema and cfg[key] is not None}
 
 
 DATASET_NUM_CLASSES = {
@@ -329,9 +373,6 @@ def validate_cfg(cfg: Any) -> DictConfig:
         warnings.warn("data.format 'dali' is not supported by harl; reading the images with the image_folder loader")
         out["data"]["format"] = "image_folder"
 
-    from harl.methods import METHODS  # late import: methods import this module
-    from harl.optim import OPTIMIZERS
-
     method_cls = METHODS.get(out["method"]) if out["method"] in METHODS else None
     if method_cls is None:
         raise ConfigError(f"unknown method '{out['method']}'{close_match_hint(out['method'], METHODS.names())}")
@@ -348,14 +389,30 @@ def validate_cfg(cfg: Any) -> DictConfig:
         out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs"
     )
     # types and ranges of every value (harl.config_values), on the values as given
-    from harl.config_values import METHOD_KWARG_VALUES, check_kwargs_values, check_pretrain_values
-
     check_pretrain_values(out)
     check_kwargs_values(out["method_kwargs"], method_cls.default_method_kwargs(), "method_kwargs",
                         {**METHOD_KWARG_VALUES, **method_cls.method_kwarg_values()})
     check_kwargs_values(out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs")
     _check_values(out)
-    return OmegaConf.create(out)
+    cfg = OmegaConf.create(out)
+    # the method's own cross-key checks (choices, crop counts, backbone options) on a copy with the
+    # derived values filled in: every check runs here, before any dataset is listed or built
+    _check_method_cfg(copy.deepcopy(cfg), method_cls)
+    return cfg
+
+
+def _derive_crop_counts(cfg: DictConfig) -> None:
+    """``num_large_crops`` / ``num_small_crops``: a pipeline whose crop_size equals the first one's is large."""
+    large = cfg.augmentations[0].crop_size
+    cfg.num_large_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size == large))
+    cfg.num_small_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size != large))
+
+
+def _check_method_cfg(cfg: DictConfig, method_cls) -> None:
+    """Apply the method's backbone overrides and run its ``check_cfg`` on ``cfg`` (changed in place)."""
+    method_cls.apply_backbone_overrides(cfg)
+    _derive_crop_counts(cfg)
+    method_cls.check_cfg(cfg)
 
 
 def choice(value, allowed, where: str):
@@ -367,9 +424,6 @@ def choice(value, allowed, where: str):
 
 
 def _check_values(out: dict) -> None:
-    import harl.data  # noqa: F401  (registers the datasets)
-    from harl.data.registry import DATASETS
-
     choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
     choice(out["data"]["format"], ["image_folder"], "data.format")
     choice(out["data"]["masks"]["on_missing"], ["error", "ones", "zeros"], "data.masks.on_missing")
@@ -414,16 +468,8 @@ def parse_cfg(cfg: Any) -> DictConfig:
       ``c5_stride1: true``), so the run config records the architecture that is built.
     """
     cfg = validate_cfg(cfg)
-    from harl.methods.base import apply_backbone_overrides  # late import: methods import this module
-
-    apply_backbone_overrides(cfg)
-    large = cfg.augmentations[0].crop_size
-    cfg.num_large_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size == large))
-    cfg.num_small_crops = int(sum(a.num_crops for a in cfg.augmentations if a.crop_size != large))
-    # the method's own cross-key checks, before any dataset is listed or model built
-    from harl.methods import METHODS
-
-    METHODS.get(cfg.method).check_cfg(cfg)
+    # the method's checks already ran in validate_cfg; this applies the same steps to the result
+    _check_method_cfg(cfg, METHODS.get(cfg.method))
     if cfg.data.num_classes is None:
         if cfg.data.dataset in DATASET_NUM_CLASSES:
             cfg.data.num_classes = DATASET_NUM_CLASSES[cfg.data.dataset]

@@ -4,7 +4,7 @@ The schemas (:data:`harl.config.SCHEMA` and the evaluation schemas) say which ke
 tables here say what each key may hold. A table maps a dotted key to a :class:`Value`
 (``"optimizer.lr": Num(gt=0)``); ``[]`` in a key stands for every item of a list
 (``"augmentations[].crop_size"``). :func:`check_values` walks a validated config dict against a
-table and raises one :class:`~harl.config.ConfigError` for the first bad value, naming the key,
+table and raises one :class:`~harl.errors.ConfigError` for the first bad value, naming the key,
 the value *as the user gave it* (before any derived scaling) and what is expected::
 
     config key 'optimizer.lr' = 'abc': expected a finite number > 0
@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from harl.errors import ConfigError
+from harl.registry import close_match_hint
+
 
 def _config_error(msg: str) -> Exception:
-    from harl.config import ConfigError
-
     return ConfigError(msg)
 
 
@@ -218,8 +219,6 @@ def bad_value(key: str, value: Any, spec: Value) -> Exception:
     """The one-line error for ``key = value`` that does not meet ``spec``."""
     hint = ""
     if isinstance(spec, Str) and spec.choices and isinstance(value, str):
-        from harl.registry import close_match_hint
-
         hint = close_match_hint(value, spec.choices)
     return _config_error(f"config key '{key}' = {_show(value)}: expected {spec.expected()}{hint}")
 

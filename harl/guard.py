@@ -30,15 +30,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from lightning.pytorch import Callback
 
+from harl.errors import NonFiniteTrainingError
+
 log = logging.getLogger("harl")
-
-
-class TrainingHalted(RuntimeError):
-    """Training was stopped on purpose, with a one-line reason (the CLI exits with code 2)."""
-
-
-class NonFiniteTrainingError(TrainingHalted):
-    """A loss, gradient or weight went non-finite (more often than ``guard.max_bad_steps`` allows)."""
 
 
 def _all_finite(tensors: List[torch.Tensor]) -> torch.Tensor:

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 
-from harl.guard import TrainingHalted
+from harl.errors import TrainingHalted
+from harl.errors import HealthError
+from harl.utils.io import atomic_write_text
 
 log = logging.getLogger("harl")
 
@@ -55,10 +57,6 @@ VALID_FRACTIONS: Dict[str, tuple] = {
     "train_sgm_query_masked": ("SGM's masked cells", "no grid cell is masked; check the masking ratio and the "
                                "saliency source in method_kwargs"),
 }
-
-
-class HealthError(TrainingHalted):
-    """A health rule failed with ``health.strict: true``."""
 
 
 def feature_spread(feats: torch.Tensor) -> torch.Tensor:
@@ -251,7 +249,5 @@ class HealthMonitor(Callback):
             return
         log.warning(self.tracker.summary()) if self.tracker.findings else log.info(self.tracker.summary())
         if self.run_dir and os.path.isdir(self.run_dir):
-            from harl.utils.io import atomic_write_text
-
             atomic_write_text(os.path.join(self.run_dir, "health.json"),
                               json.dumps(self.tracker.to_dict(), indent=2))

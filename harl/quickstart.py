@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from harl.utils.io import atomic_write_text
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "scripts", "pretrain", "fashion-scenes")
 
@@ -29,6 +31,7 @@ def _say(msg: str) -> None:
 def find_fashion_mnist(explicit: Optional[str], out: str) -> str:
     """The folder holding Fashion-MNIST's IDX files: explicit, $HARL_FASHION_MNIST, Debian's package,
     or a torchvision download into ``<out>/fashion-mnist`` (needs a network)."""
+    # lazy: keeps the command's start-up light
     from harl.data.fashion_mnist import DEFAULT_ROOT, find_fashion_mnist_files
 
     candidates = [explicit, os.environ.get("HARL_FASHION_MNIST"), DEFAULT_ROOT, os.path.join(out, "fashion-mnist")]
@@ -57,6 +60,7 @@ def find_fashion_mnist(explicit: Optional[str], out: str) -> str:
 
 
 def build_scenes(args, fm_root: str) -> str:
+    # lazy: keeps the command's start-up light
     from harl.data.fashion_scenes import FashionScenesParams, generate_fashion_scenes
 
     out = os.path.join(args.out, "data", "fashion-scenes")
@@ -67,8 +71,8 @@ def build_scenes(args, fm_root: str) -> str:
 
 
 def pretrain_run(args, scenes: str):
-    from harl.config import load_yaml, parse_cfg
-    from harl.train import pretrain
+    from harl.config import load_yaml, parse_cfg  # lazy: keeps the command's start-up light
+    from harl.train import pretrain  # lazy: keeps the command's start-up light
 
     over = [f"max_epochs={args.epochs}", f"seed={args.seed}", f"backbone.kwargs.width={args.width}",
             f"optimizer.batch_size={args.batch}", f"data.train_path={scenes}", f"data.val_path={scenes}",
@@ -80,8 +84,8 @@ def pretrain_run(args, scenes: str):
 
 
 def evaluate(args, scenes: str, ckpt: Optional[str]) -> Dict[str, float]:
-    from harl.eval.knn_probe import knn_eval
-    from harl.eval.linear import linear_probe
+    from harl.eval.knn_probe import knn_eval  # lazy: keeps the command's start-up light
+    from harl.eval.linear import linear_probe  # lazy: keeps the command's start-up light
 
     common = dict(dataset="fashion_scenes", train_path=scenes, val_path=scenes, progress=not args.quiet,
                   out_dir=os.path.join(args.out, "eval"), seed=args.seed)
@@ -146,8 +150,7 @@ def main(argv=None) -> int:
         rows.append({"name": "random init (same architecture)", **evaluate(args, scenes, None)})
     table = print_table(rows)
 
-    from harl.report import make_report
-    from harl.utils.io import atomic_write_text
+    from harl.report import make_report  # lazy: keeps the command's start-up light
 
     report_dir = os.path.join(args.out, "report")
     paths = [run.run_dir] + [p for r in rows for p in r["results"]]

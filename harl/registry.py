@@ -1,13 +1,22 @@
-"""A small name → object registry with helpful errors.
+"""A small name → object registry with helpful errors, and the registries that cross layers.
 
 Used for methods, backbones, optimizers, schedulers, datasets and mask generators so that
 nothing is looked up through ``if name == ...`` chains.
+
+Registration is the one place where a lower layer reaches a higher one. :data:`METHODS`,
+:data:`DATASETS` and :data:`OPTIMIZERS` live here, at the bottom of the layer order, so that
+:mod:`harl.config` can look a name up without importing the method zoo or the data package; each
+is created with ``plugins=`` (module names, as strings) that the registry imports on its first
+lookup, and those modules register their entries (``@METHODS.register("byol")``). Registering
+never triggers that import; looking up (``get``, ``in``, ``names``, iteration) does, once.
+``tests/test_import_layers.py`` allows exactly these string imports and no other upward edge.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Generic, Iterator, Optional, TypeVar
+import importlib
+from typing import Callable, Dict, Generic, Iterator, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -26,9 +35,23 @@ class Registry(Generic[T]):
     ... class BYOL: ...
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, plugins: Sequence[str] = ()):
         self.kind = kind
+        self.plugins = tuple(plugins)  # modules that register the built-in entries (imported on first lookup)
+        self._loaded = not self.plugins
         self._items: Dict[str, T] = {}
+
+    def load(self) -> None:
+        """Import the :attr:`plugins` modules once (they register their entries)."""
+        if self._loaded:
+            return
+        self._loaded = True  # set first: a plugin that looks a name up while importing must not recurse
+        try:
+            for module in self.plugins:
+                importlib.import_module(module)
+        except BaseException:
+            self._loaded = False
+            raise
 
     def register(self, name: str, obj: Optional[T] = None):
         if obj is not None:
@@ -47,6 +70,7 @@ class Registry(Generic[T]):
         self._items[name] = obj
 
     def get(self, name: str) -> T:
+        self.load()
         try:
             return self._items[name]
         except KeyError:
@@ -59,22 +83,35 @@ class Registry(Generic[T]):
         return self.get(name)
 
     def __contains__(self, name: object) -> bool:
+        self.load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        self.load()
         return iter(sorted(self._items))
 
     def __len__(self) -> int:
+        self.load()
         return len(self._items)
 
     def names(self):
+        self.load()
         return sorted(self._items)
 
     def items(self):
+        self.load()
         return sorted(self._items.items())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+#: method name → LightningModule class (each file of :mod:`harl.methods` registers its method)
+METHODS: Registry = Registry("method", plugins=("harl.methods",))
+#: ``data.dataset`` name → :class:`harl.data.registry.DatasetSpec` (built-ins: :mod:`harl.data.catalog`)
+DATASETS: Registry = Registry("dataset", plugins=("harl.data.catalog",))
+#: optimizer name → :class:`harl.optim.OptimizerSpec` (sgd, lars, adam, adamw: :mod:`harl.optim`)
+OPTIMIZERS: Registry = Registry("optimizer", plugins=("harl.optim",))
 
 
 def check_choice(name: str, choices, kind: str) -> str:

@@ -22,12 +22,16 @@ from omegaconf import DictConfig
 
 from harl.checkpoint import (Checkpointer, checkpoint_problem, choose_resume, new_version, preserve_metrics_on_resume,
                              run_root)
-from harl.clean_stop import DataErrorStop, data_error_message
-from harl.config import ConfigError, num_devices, parse_cfg
+from harl.clean_stop import DataErrorStop
+from harl.config import num_devices, parse_cfg, trainer_extra_kwargs
+from harl.errors import ConfigError, data_error_message
 from harl.data.sampling import SamplerState
 from harl.guard import FiniteGuard
 from harl.health import HealthMonitor
 from harl.methods import METHODS
+from harl.data import build_pretrain_dataset, build_pretrain_loader, build_val_dataset, build_val_loader
+from harl.data import report_skipped
+from harl.data.verify import verify_for_training
 
 log = logging.getLogger("harl")
 
@@ -77,16 +81,6 @@ def _sync_batchnorm(cfg: DictConfig, acc: dict) -> bool:
     return on_gpu
 
 
-def trainer_extra_kwargs(cfg: DictConfig, schema=None) -> dict:
-    """Top-level config keys that are ``Trainer`` arguments not in ``schema`` (default: the
-    pretraining schema), passed through as solo-learn does."""
-    from harl.config import SCHEMA, trainer_init_keys
-
-    schema = SCHEMA if schema is None else schema
-    return {key: cfg[key] for key in trainer_init_keys()
-            if key in cfg and key not in schema and cfg[key] is not None}
-
-
 class SkippedFilesReporter(Callback):
     """With ``data.skip_corrupt``: logs how many unreadable files were skipped and names them once."""
 
@@ -95,8 +89,6 @@ class SkippedFilesReporter(Callback):
         self._reported = 0
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from harl.data import report_skipped
-
         n = int(getattr(self.dataset, "num_skipped", 0))
         pl_module.log("data_skipped_files", float(n))
         if n > self._reported and trainer.is_global_zero:
@@ -115,8 +107,6 @@ class PretrainResult:
 
 def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> PretrainResult:
     """Run pretraining for a (raw or parsed) config; returns the run folder and the trained model."""
-    from harl.data import build_pretrain_dataset, build_pretrain_loader, build_val_dataset, build_val_loader
-
     if "num_large_crops" not in cfg or cfg.num_large_crops is None:
         cfg = parse_cfg(cfg)
     method_cls = METHODS.get(cfg.method)
@@ -142,7 +132,6 @@ def pretrain(cfg: DictConfig, callbacks: Optional[List[Callback]] = None) -> Pre
     train_ds = build_pretrain_dataset(cfg)
     val_ds = build_val_dataset(cfg) if not cfg.no_validation else None
     if (cfg.data.get("verify") or "off") != "off":  # every file checked before the first step (harl.data.verify)
-        from harl.data.verify import verify_for_training
 
         verify_for_training(cfg, train_ds, val_ds)
     train_loader = build_pretrain_loader(cfg, train_ds)

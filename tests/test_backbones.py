@@ -5,7 +5,8 @@ import torch
 import torchvision
 
 from harl.backbones import build_backbone
-from harl.checkpoint import CheckpointMismatchError, strict_load
+from harl.checkpoint import strict_load
+from harl.errors import CheckpointMismatchError
 
 
 def test_resnet18_cifar_stem_gives_5x5_map_at_32px():

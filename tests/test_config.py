@@ -3,7 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from harl.config import ConfigError, parse_cfg, validate_cfg
+from harl.config import parse_cfg, validate_cfg
+from harl.errors import ConfigError
 from tests.conftest import tiny_cfg
 
 

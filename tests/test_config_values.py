@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from harl.config import ConfigError, parse_cfg, validate_cfg
+from harl.config import parse_cfg, validate_cfg
+from harl.errors import ConfigError
 from harl.config_values import Bool, Either, Int, Num, Seq, Str, check_values, spec_from_default
 from tests.conftest import tiny_cfg
 
@@ -155,6 +156,24 @@ def test_method_checks_run_before_any_dataset_is_listed(tmp_path):
     raw["augmentations"] = [{"crop_size": 32, "num_crops": 3}]
     with pytest.raises(ConfigError, match="2 large crops"):
         parse_cfg(raw)
+
+
+@pytest.mark.parametrize("validate", [validate_cfg, parse_cfg])
+def test_bad_method_choice_is_found_before_the_missing_dataset(tmp_path, validate, monkeypatch):
+    # a HARL loss_type that does not exist, and a data folder that does not exist either: the
+    # method's check runs in validate_cfg, before any dataset is listed (os.scandir never called)
+    import os
+
+    def no_listing(*a, **k):
+        raise AssertionError("a dataset folder was listed before the method's checks ran")
+
+    monkeypatch.setattr(os, "scandir", no_listing)
+    monkeypatch.setattr(os, "listdir", no_listing)
+    raw = tiny_cfg("harl", **{"data.dataset": "custom", "data.train_path": str(tmp_path / "missing"),
+                              "data.masks.enabled": True, "data.masks.root": str(tmp_path / "m"),
+                              "method_kwargs.loss_type": "hybird"})
+    with pytest.raises(ConfigError, match=r"method_kwargs.loss_type = 'hybird' must be one of .*did you mean 'hybrid'"):
+        validate(raw)
 
 
 def test_good_config_still_validates():

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harl.data import (
-    CorruptImageError,
-    DatasetNotFoundError,
-    list_image_folder,
-    read_image,
-    read_mask,
-    stratified_subset,
-)
+from harl.data import list_image_folder, read_image, read_mask, stratified_subset
+from harl.errors import CorruptImageError, DatasetNotFoundError
 
 
 def _save(arr, path, mode=None, **kw):

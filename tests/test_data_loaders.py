@@ -12,23 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from harl.config import ConfigError, parse_cfg
+from harl.config import parse_cfg
+from harl.errors import ConfigError
 from harl.data import (
-    ArraySource,
-    CorruptImageError,
-    DatasetNotFoundError,
-    MaskReader,
-    MaskSizeMismatchError,
-    MissingMaskError,
-    SubsetSource,
-    build_classification_dataset,
-    build_pretrain_dataset,
-    build_pretrain_loader,
-    build_val_dataset,
-    build_val_loader,
-    dataset_stats,
-    report_skipped,
+    ArraySource, MaskReader, SubsetSource, build_classification_dataset, build_pretrain_dataset,
+    build_pretrain_loader, build_val_dataset, build_val_loader, dataset_stats, report_skipped,
 )
+from harl.errors import CorruptImageError, DatasetNotFoundError, MaskSizeMismatchError, MissingMaskError
 from harl.data.datasets import PretrainDataset
 
 FMNIST = "/usr/share/datasets/fashion-mnist"

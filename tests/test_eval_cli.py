@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from harl.cli.linear import main
-from harl.config import ConfigError, load_yaml
+from harl.config import load_yaml
+from harl.errors import ConfigError
 from harl.eval.linear_config import parse_linear_cfg, set_dotted, validate_linear_cfg
 from tests.test_eval_pretrained import shared_tiny_checkpoint
 

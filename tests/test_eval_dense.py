@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harl.config import ConfigError
+from harl.errors import ConfigError
 from harl.eval.dense import DenseTask, dense_probe, iou_counts, iou_from_counts, predict_foreground, upsample_logits
 from tests.test_eval_pretrained import shared_tiny_checkpoint
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harl.backbones import build_backbone
-from harl.checkpoint import CheckpointMismatchError
+from harl.errors import CheckpointMismatchError
 from harl.eval.pretrained import (
     file_sha256,
     highpass_from_run_config,

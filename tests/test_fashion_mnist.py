@@ -7,8 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from harl.data.fashion_mnist import (CLASS_NAMES, DEFAULT_ROOT, IDXFormatError, find_fashion_mnist_files,
-                                     read_fashion_mnist, read_idx, write_idx)
+from harl.data.fashion_mnist import (
+    CLASS_NAMES, DEFAULT_ROOT, find_fashion_mnist_files, read_fashion_mnist, read_idx, write_idx,
+)
+from harl.errors import IDXFormatError
 
 
 def _write_split(root, split, images, labels, gz=True):

@@ -17,9 +17,11 @@ from PIL import Image
 import harl.data.fashion_scenes as fs
 from harl.cli.scenes import build_parser, main
 from harl.data.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, write_idx
-from harl.data.fashion_scenes import (SCENES_MEAN, SCENES_STD, FashionScenesParams, SceneContext,
-                                      SceneTreeMismatchError, generate_fashion_scenes, read_meta,
-                                      render_background, render_scene)
+from harl.data.fashion_scenes import (
+    SCENES_MEAN, SCENES_STD, FashionScenesParams, SceneContext, generate_fashion_scenes, read_meta,
+    render_background, render_scene,
+)
+from harl.errors import SceneTreeMismatchError
 
 N_TRAIN, N_TEST = 50, 20
 

@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harl.clean_stop import TrainingStopped
-from harl.data.image_io import DataFileError
-from harl.data.verify import DataVerifyError, verify_dataset
+from harl.errors import TrainingStopped
+from harl.errors import DataFileError
+from harl.data.verify import verify_dataset
+from harl.errors import DataVerifyError
 from tests.conftest import tiny_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

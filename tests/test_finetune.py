@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from harl.config import ConfigError
+from harl.errors import ConfigError
 from harl.data.sources import ArraySource, FolderSource
 from harl.eval.finetune import (
     FinetuneModel,
@@ -24,14 +24,8 @@ from harl.eval.finetune import (
     train_classifier,
     validate_finetune_cfg,
 )
-from harl.eval.subsets import (
-    SubsetListError,
-    class_balanced_subset,
-    holdout_split,
-    read_subset_list,
-    subset_summary,
-    write_subset_list,
-)
+from harl.eval.subsets import class_balanced_subset, holdout_split, read_subset_list, subset_summary, write_subset_list
+from harl.errors import SubsetListError
 from harl.eval.linear_config import set_dotted
 from tests.test_finetune_fixtures import fake_pretrain_run, write_image_folder
 

@@ -14,7 +14,8 @@ import yaml
 from lightning.pytorch import Callback
 
 from harl.config import parse_cfg
-from harl.guard import NonFiniteTrainingError, nonfinite_terms
+from harl.guard import nonfinite_terms
+from harl.errors import NonFiniteTrainingError
 from harl.train import pretrain
 from tests.conftest import scenes_cfg
 

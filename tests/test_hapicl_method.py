@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harl.config import ConfigError, load_yaml, parse_cfg
+from harl.config import load_yaml, parse_cfg
+from harl.errors import ConfigError
 from harl.methods import METHODS
 from harl.methods.byol import BYOL
 from harl.methods.hapicl import HAPiCL

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from harl.health import (COLLAPSE_SPREAD, MIN_CHECKS, HealthError, HealthTracker, feature_spread,
-                         mask_fg_fraction)
+from harl.health import COLLAPSE_SPREAD, MIN_CHECKS, HealthTracker, feature_spread, mask_fg_fraction
+from harl.errors import HealthError
 from harl.train import pretrain
 from tests.conftest import scenes_cfg
 

@@ -20,15 +20,8 @@ from harl.masks.io import (
     read_mask,
     shard_select,
 )
-from harl.masks.runner import (
-    ImageGeneratorJob,
-    MetaMismatchError,
-    RunOptions,
-    fg_histogram,
-    merge_manifests,
-    read_manifest,
-    run_job,
-)
+from harl.masks.runner import ImageGeneratorJob, RunOptions, fg_histogram, merge_manifests, read_manifest, run_job
+from harl.errors import MetaMismatchError
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "immunohistochemistry"]
 

@@ -15,14 +15,9 @@ from harl.backbones import BACKBONES, build_backbone
 from harl.masks.io import list_files, read_mask
 from harl.masks.saliency import SaliencyParams, SaliencyPredictor
 from harl.masks.saliency_model import (
-    HEAD_FORMAT,
-    SaliencyHead,
-    SaliencyModel,
-    SaliencyWeightsError,
-    load_saliency_model,
-    predict_probability,
-    read_head_file,
+    HEAD_FORMAT, SaliencyHead, SaliencyModel, load_saliency_model, predict_probability, read_head_file,
 )
+from harl.errors import SaliencyWeightsError
 from harl.masks.saliency_train import SaliencyTrainConfig, soft_targets, train_saliency_head
 
 
@@ -183,7 +178,7 @@ def test_wrong_checkpoint_is_refused(tiny_set, tmp_path):
         load_saliency_model(out, checkpoint=other_ckpt)
     # a checkpoint of another architecture does not load (strict)
     bad = _save_ckpt(build_backbone("resnet18", width=8), str(tmp_path / "c" / "c.ckpt"))
-    from harl.checkpoint import CheckpointMismatchError
+    from harl.errors import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError):
         load_saliency_model(out, checkpoint=bad, verify_checkpoint=False)

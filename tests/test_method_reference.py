@@ -445,7 +445,7 @@ def test_harl_feature_maps_have_the_expected_grids():
 def test_harl_pixel_shuffle_map_and_pooling_go_together(feature_map, pooling):
     """Found by the reference tests: c5_pixel_shuffle with the default pooling crashed at the first
     step with a mask-grid shape error; now it is a config error naming both keys."""
-    from harl.config import ConfigError
+    from harl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="pooling.*feature_map"):
         build("harl", feature_map=feature_map, pooling=pooling)

@@ -15,9 +15,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harl.checkpoint import (Checkpointer, CheckpointWriteError, checkpoint_problem, choose_resume, find_resumable,
-                             remove_stale_tmp)
-from harl.config import ConfigError, parse_cfg
+from harl.checkpoint import Checkpointer, checkpoint_problem, choose_resume, find_resumable, remove_stale_tmp
+from harl.errors import CheckpointWriteError
+from harl.config import parse_cfg
+from harl.errors import ConfigError
 from tests.conftest import scenes_cfg
 
 

@@ -13,7 +13,8 @@ import os
 import pytest
 import torch
 
-from harl.config import ConfigError, parse_cfg
+from harl.config import parse_cfg
+from harl.errors import ConfigError
 from harl.eval.pretrained import architecture_from_run_config, load_pretrained_backbone
 from harl.methods import METHODS
 from harl.train import pretrain

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from harl.backbones import build_backbone
-from harl.checkpoint import CheckpointMismatchError, load_backbone
-from harl.config import ConfigError, parse_cfg
+from harl.checkpoint import load_backbone
+from harl.errors import CheckpointMismatchError
+from harl.config import parse_cfg
+from harl.errors import ConfigError
 from harl.data.filters import gaussian_blur, highpass
 from harl.data.masking_ops import saliency_from_activation
 from harl.data.registry import IMAGENET_MEAN, IMAGENET_STD

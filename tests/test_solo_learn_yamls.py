@@ -13,7 +13,8 @@ import warnings
 import pytest
 import torch
 
-from harl.config import AUGMENTATION_SCHEMA, ConfigError, load_yaml, parse_cfg
+from harl.config import AUGMENTATION_SCHEMA, load_yaml, parse_cfg
+from harl.errors import ConfigError
 from harl.methods import METHODS
 from tests.conftest import scenes_cfg, tiny_cfg
 

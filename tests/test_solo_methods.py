@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harl.config import ConfigError, parse_cfg
+from harl.config import parse_cfg
+from harl.errors import ConfigError
 from harl.methods import METHODS
 from tests.conftest import tiny_cfg
 

@@ -13,8 +13,10 @@ import torch
 from lightning.pytorch import Callback
 
 from harl.backbones import build_backbone
-from harl.checkpoint import CheckpointMismatchError, load_backbone, read_run_config
-from harl.config import ConfigError, parse_cfg
+from harl.checkpoint import load_backbone, read_run_config
+from harl.errors import CheckpointMismatchError
+from harl.config import parse_cfg
+from harl.errors import ConfigError
 from harl.train import pretrain
 from tests.conftest import scenes_cfg
 

@@ -10,8 +10,10 @@ import threading
 
 import pytest
 
-from harl.zoo.download import (ZooDownloadError, cache_root, cached_path, download_file, entry_status, fetch_entry,
-                               sha256_file, verify_file)
+from harl.zoo.download import (
+    cache_root, cached_path, download_file, entry_status, fetch_entry, sha256_file, verify_file,
+)
+from harl.errors import ZooDownloadError
 from harl.zoo.manifest import ZooEntry
 
 PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(300_001))  # not a multiple of the chunk size
@@ -274,7 +276,7 @@ def test_cli_download_and_offline_error(server, tmp_path, monkeypatch, capsys):
     assert out.endswith(f"tiny-{SHA[:12]}.safetensors") and verify_file(out, SHA) is None
     assert main(["download", "offline", "--cache-dir", cache, "--no-progress", "--timeout", "5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("harl-zoo: error: could not download 'offline'")
+    assert err.count("\n") == 0 and err.startswith("error: could not download 'offline'")
     assert "connection refused" in err and cache in err
     assert main(["download", "tin", "--cache-dir", cache]) == 2
     assert "did you mean 'tiny'" in capsys.readouterr().err

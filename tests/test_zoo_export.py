@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from harl.backbones import build_backbone
-from harl.checkpoint import CheckpointMismatchError
+from harl.errors import CheckpointMismatchError
 from harl.zoo.export import EXPORTERS, detectron2_key, export_weights
-from harl.zoo.models import UnsupportedExport, build_model, features, load_backbone
+from harl.zoo.models import build_model, features, load_backbone
+from harl.errors import UnsupportedExport
 from harl.zoo.weights import read_backbone_weights, read_safetensors_metadata
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # small: the CPU is shared
@@ -256,4 +257,4 @@ def test_cli_export(r18, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope.ckpt"), "--format", "timm", "--manifest",
                  str(tmp_path / "none.yaml")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("harl-zoo: error:") and "nope.ckpt" in err
+    assert err.startswith("error:") and "nope.ckpt" in err

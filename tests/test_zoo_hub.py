@@ -11,7 +11,8 @@ import torch
 import harl
 from harl.backbones import build_backbone
 from harl.zoo.download import sha256_file
-from harl.zoo.manifest import ManifestError, load_manifest, repo_root
+from harl.zoo.manifest import load_manifest, repo_root
+from harl.errors import ManifestError
 from harl.zoo.models import features
 from harl.zoo.readme import readme_is_current
 
@@ -131,7 +132,7 @@ def test_hub_pretrained_false_gives_architecture_only(env):
 def test_load_backbone_by_name_and_corrupt_file_refused(env, tmp_path):
     import shutil
 
-    from harl.zoo.download import ZooDownloadError
+    from harl.errors import ZooDownloadError
 
     model = harl.load_backbone(NAME)
     assert torch.equal(features(model, X), features(env["bb"], X))

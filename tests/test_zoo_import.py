@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harl.backbones import build_backbone
-from harl.checkpoint import CheckpointMismatchError
+from harl.errors import CheckpointMismatchError
 from harl.zoo.export import export_weights
 from harl.zoo.importer import detect_flavour, import_checkpoint
 from harl.zoo.models import features, load_backbone

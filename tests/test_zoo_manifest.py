@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from harl.zoo.download import verify_file
-from harl.zoo.manifest import (Manifest, ManifestError, load_manifest, manifest_from_dict, repo_root,
-                               save_manifest)
+from harl.zoo.manifest import Manifest, load_manifest, manifest_from_dict, repo_root, save_manifest
+from harl.errors import ManifestError
 from harl.zoo.readme import readme_is_current, readme_path, render_readme
 
 REPO_MANIFEST = os.path.join(repo_root(), "zoo", "manifest.yaml")

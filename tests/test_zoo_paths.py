@@ -7,7 +7,8 @@ import copy
 
 import pytest
 
-from harl.zoo.manifest import ManifestError, absolute_paths, load_manifest, manifest_from_dict, scrub_paths
+from harl.zoo.manifest import absolute_paths, load_manifest, manifest_from_dict, scrub_paths
+from harl.errors import ManifestError
 
 
 def test_published_manifest_has_no_absolute_paths_and_input_specs():

@@ -20,6 +20,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from harl.backbones.registry import BACKBONES
+from harl.errors import ConfigError
+from harl.registry import close_match_hint
 
 
 class SSLResNet(ResNet):
@@ -105,15 +107,10 @@ def _resnet(block, layers):
     def build(cifar_stem: bool = False, width: int = 64, zero_init_residual: bool = False,
               c5_stride1: bool = False, c5_dilate: bool = False, **unexpected) -> SSLResNet:
         if unexpected:
-            from harl.config import ConfigError
-            from harl.registry import close_match_hint
-
             key = next(iter(unexpected))
             valid = ["cifar_stem", "width", "zero_init_residual", "c5_stride1", "c5_dilate"]
             raise ConfigError(f"unknown config key 'backbone.kwargs.{key}'{close_match_hint(key, valid)}")
         if c5_dilate and c5_stride1 and block is BasicBlock:
-            from harl.config import ConfigError
-
             raise ConfigError("backbone.kwargs.c5_dilate (HARL method_kwargs.c5_dilate) needs a Bottleneck ResNet "
                               "(resnet50): torchvision's BasicBlock (resnet18/34) has no dilation; use c5_stride1 "
                               "without c5_dilate")

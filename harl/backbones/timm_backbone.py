@@ -12,6 +12,9 @@ import types
 import torch
 from torch import nn
 
+from harl.errors import ConfigError
+from harl.registry import close_match_hint
+
 
 def _pool(self, feat_map: torch.Tensor) -> torch.Tensor:
     return self.forward_head(feat_map, pre_logits=True)
@@ -21,9 +24,6 @@ def build_timm_backbone(name: str, **kwargs) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
-        from harl.config import ConfigError
-        from harl.registry import close_match_hint
-
         raise ConfigError(f"unknown backbone '{name}'{close_match_hint(name, timm.list_models())}")
     kwargs.setdefault("pretrained", False)
     model = timm.create_model(name, num_classes=0, **kwargs)

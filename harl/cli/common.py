@@ -1,13 +1,17 @@
-"""Shared CLI plumbing: solo-learn-style ``--config-path/--config-name`` + Hydra overrides."""
+"""Shared CLI plumbing: :func:`run_cli` (how every ``harl-*`` command reports errors: one line, exit code 2
+for configuration and input errors) and solo-learn-style ``--config-path/--config-name`` + Hydra overrides."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig
+
+from harl.config import load_yaml
+from harl.errors import INPUT_ERRORS, CorruptImageError, DataFileError, data_error_message
 
 
 def split_config_args(argv: Sequence[str], prog: str, description: str) -> Tuple[str, List[str]]:
@@ -57,40 +61,57 @@ def quote_override_values(overrides: Sequence[str]) -> List[str]:
 
 def load_config(argv: Optional[Sequence[str]], prog: str, description: str) -> DictConfig:
     """The composed config of a CLI call (config file + quoted Hydra overrides)."""
-    from harl.config import load_yaml
-
     path, overrides = split_config_args(sys.argv[1:] if argv is None else argv, prog, description)
     return load_yaml(path, quote_override_values(overrides))
 
 
-def run_cli(fn, argv=None) -> int:
-    """Run ``fn(argv)``, turning configuration and input errors into a one-line message + exit 2."""
-    from harl.checkpoint import CheckpointMismatchError, CheckpointWriteError
-    from harl.clean_stop import TrainingStopped, data_error_message
-    from harl.config import ConfigError
-    from harl.data.image_io import CorruptImageError, DataFileError
-    from harl.guard import TrainingHalted
+#: the default advice after a failed write (disk full, quota, file-size limit)
+WRITE_HINT = ("files already written are kept (every file is written under a temporary name and renamed), free some "
+              "space and rerun")
 
+
+def error_line(err: BaseException) -> str:
+    """The message of a configuration / input error: one line (a key mismatch lists the keys on the
+    lines after it); a KeyError without its quotes; a data-file error without a worker's traceback."""
+    if isinstance(err, (CorruptImageError, DataFileError)):
+        return data_error_message(err) or type(err).__name__
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+    return str(msg) if str(msg).strip() else type(err).__name__
+
+
+def run_cli(fn: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None, *,
+            input_errors: Tuple[type, ...] = (), interrupted: str = "interrupted", write_hint: str = WRITE_HINT) -> int:
+    """Run ``fn(argv)`` (which parses ``argv`` itself) the way every ``harl-*`` command runs.
+
+    - returns ``fn``'s exit status (None: 0);
+    - a configuration or input error (:data:`harl.errors.INPUT_ERRORS`, or one of the command's
+      own ``input_errors``) prints one line ``error: <message>`` on stderr and returns 2;
+    - argparse's usage errors keep argparse's own form (usage + ``prog: error: ...``) and exit 2;
+    - a failed write (disk full, quota, file-size limit) prints one line and returns 1;
+    - Ctrl-C prints ``interrupted`` and returns 130; a closed output pipe (``| head``) returns 0;
+    - anything else is a bug and keeps its traceback.
+    """
     try:
-        fn(argv)
-    except (ConfigError, CheckpointMismatchError, CheckpointWriteError, TrainingHalted, FileNotFoundError,
-            TrainingStopped) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (CorruptImageError, DataFileError) as err:  # an unreadable file outside pretraining's clean stop
-        print(f"error: {data_error_message(err)}", file=sys.stderr)
-        return 2
+        return int(fn(argv) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
-    except (OSError, RuntimeError) as err:
+    except BrokenPipeError:  # output piped into `head` etc.: the work is done, stay quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except INPUT_ERRORS as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - narrowed below
         reason = write_failure(err)
-        if reason is None:
-            raise
-        print(f"error: could not write a file ({reason}); files already written are kept (every file is "
-              "written under a temporary name and renamed), free some space and rerun", file=sys.stderr)
-        return 1
-    return 0
+        if reason is not None:
+            print(f"error: could not write a file ({reason}); {write_hint}", file=sys.stderr)
+            return 1
+        if input_errors and isinstance(err, input_errors):
+            print(f"error: {error_line(err)}", file=sys.stderr)
+            return 2
+        raise
 
 
 def write_failure(err: BaseException) -> Optional[str]:

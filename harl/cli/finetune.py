@@ -16,7 +16,7 @@ from harl.cli.common import load_config, run_cli
 
 
 def _finetune(argv) -> None:
-    from harl.eval.finetune import run_finetune
+    from harl.eval.finetune import run_finetune  # lazy: keeps the command's start-up light
 
     cfg = load_config(argv, "harl-finetune",
                       "Fine-tune a pretrained backbone + linear head on a labelled subset (1 %, 10 %, k per class "

@@ -17,7 +17,7 @@ from harl.cli.common import load_config, run_cli
 
 
 def _linear(argv) -> None:
-    from harl.eval.runner import evaluate
+    from harl.eval.runner import evaluate  # lazy: keeps the command's start-up light
 
     cfg = load_config(argv, "harl-linear",
                       "Linear / kNN / dense evaluation of a pretrained backbone from a solo-learn-style YAML config.")

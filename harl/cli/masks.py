@@ -23,6 +23,10 @@ import sys
 import typing
 from typing import Any, Dict, List, Optional, Sequence
 
+from harl.cli.common import check_args, run_cli
+from harl.config_values import Int, Num
+from harl.errors import UsageError
+
 PROG = "harl-masks"
 
 
@@ -69,7 +73,7 @@ def _positive_int(text: str) -> int:
 
 
 def _shard(text: str):
-    from harl.masks.io import parse_shard
+    from harl.masks.io import parse_shard  # lazy: keeps the command's start-up light
 
     try:
         return parse_shard(text)
@@ -94,7 +98,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harl.masks.registry import GENERATORS, load_builtin_generators
+    from harl.masks.registry import GENERATORS, load_builtin_generators  # lazy: keeps the command's start-up light
 
     load_builtin_generators()
     parser = argparse.ArgumentParser(prog=PROG, description="Offline binary foreground masks for mask-guided SSL "
@@ -161,12 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-class UsageError(ValueError):
-    pass
-
-
 def _relpaths(args) -> List[str]:
-    from harl.masks.io import list_files, read_file_list
+    from harl.masks.io import list_files, read_file_list  # lazy: keeps the command's start-up light
 
     images = os.path.abspath(args.images)
     out = os.path.abspath(args.out)
@@ -184,7 +184,7 @@ def _relpaths(args) -> List[str]:
 
 
 def _run_options(args):
-    from harl.masks.runner import RunOptions
+    from harl.masks.runner import RunOptions  # lazy: keeps the command's start-up light
 
     return RunOptions(workers=args.workers, shard=args.shard, overwrite=args.overwrite,
                       progress=args.progress, chunksize=args.chunksize)
@@ -207,8 +207,8 @@ def _finish(summary, args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from harl.masks.registry import GENERATORS
-    from harl.masks.runner import ImageGeneratorJob, run_job
+    from harl.masks.registry import GENERATORS  # lazy: keeps the command's start-up light
+    from harl.masks.runner import ImageGeneratorJob, run_job  # lazy: keeps the command's start-up light
 
     spec = GENERATORS.get(args.generator)
     params = params_from_args(args, spec.params_cls)
@@ -224,8 +224,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from harl.masks.importer import FALLBACK_RESIZED, ImportJob
-    from harl.masks.runner import run_job
+    from harl.masks.importer import FALLBACK_RESIZED, ImportJob  # lazy: keeps the command's start-up light
+    from harl.masks.runner import run_job  # lazy: keeps the command's start-up light
 
     job = ImportJob(os.path.abspath(args.images), os.path.abspath(args.masks), args.threshold)
     rels = _relpaths(args)
@@ -238,7 +238,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from harl.masks.evaluate import evaluate_trees, write_json
+    from harl.masks.evaluate import evaluate_trees, write_json  # lazy: keeps the command's start-up light
 
     if not os.path.isdir(args.gt):
         raise FileNotFoundError(f"ground-truth folder '{args.gt}' does not exist")
@@ -255,7 +255,7 @@ def cmd_eval(args) -> int:
         import csv
         import io
 
-        from harl.masks.io import atomic_write_text
+        from harl.masks.io import atomic_write_text  # lazy: keeps the command's start-up light
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -283,6 +283,7 @@ def _parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def cmd_train_saliency(args) -> int:
+    # lazy: keeps the command's start-up light
     from harl.masks.saliency_train import SaliencyTrainConfig, train_saliency_head
 
     cfg = SaliencyTrainConfig(
@@ -300,7 +301,7 @@ def cmd_train_saliency(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from harl.masks.runner import format_histogram, merge_manifests
+    from harl.masks.runner import format_histogram, merge_manifests  # lazy: keeps the command's start-up light
 
     s = merge_manifests(args.out, count=args.shards)
     print(f"merged {s['images']} rows from {s['shards']} shard(s) into {os.path.join(args.out, 'manifest.csv')}; "
@@ -315,58 +316,28 @@ def cmd_merge(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_user_error(err: BaseException) -> bool:
-    """Input / usage errors get a one-line message and exit status 2 (bugs keep their traceback)."""
-    from harl.masks.runner import MetaMismatchError
-
-    kinds = [FileNotFoundError, MetaMismatchError, UsageError, ValueError, KeyError]
-    for module, name in (("harl.masks.saliency_model", "SaliencyWeightsError"),
-                         ("harl.checkpoint", "CheckpointMismatchError")):
-        mod = sys.modules.get(module)  # only modules already imported can have raised their errors
-        if mod is not None and hasattr(mod, name):
-            kinds.append(getattr(mod, name))
-    return isinstance(err, tuple(kinds))
-
-
 def _arg_values():
-    from harl.config_values import Int, Num
-
     return {"chunksize": Int(ge=0), "threshold": Num(), "pred_threshold": Num(), "gt_threshold": Num(),
             "mask_threshold": Num(), "epochs": Int(ge=1), "lr": Num(gt=0), "weight_decay": Num(ge=0),
             "num_workers": Int(ge=0), "seed": Int(ge=0)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from harl.cli.common import check_args
-
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     sub = next((a.choices.get(getattr(args, a.dest, None)) for a in parser._actions
                 if isinstance(a, argparse._SubParsersAction)), None)
     check_args(sub or parser, args, _arg_values())
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted; finished masks are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into `head` etc.: the work is done, stay quiet
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except Exception as err:  # noqa: BLE001 - filtered below
-        from harl.cli.common import write_failure
+    return int(args.func(args) or 0)
 
-        reason = write_failure(err)
-        if reason is not None:  # disk full / quota / size limit: finished masks are complete files
-            print(f"error: could not write a file ({reason}); finished masks are kept (each is written under a "
-                  "temporary name and renamed), free some space and rerun the same command to resume",
-                  file=sys.stderr)
-            return 1
-        if not _is_user_error(err):
-            raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Errors as every harl command reports them (:func:`harl.cli.common.run_cli`); here a
+    ``ValueError`` / ``KeyError`` from a generator's parameters is an input error too."""
+    return run_cli(_main, argv, input_errors=(ValueError, KeyError),
+                   interrupted="interrupted; finished masks are kept, rerun the same command to resume",
+                   write_hint="finished masks are kept (each is written under a temporary name and renamed), free "
+                              "some space and rerun the same command to resume")
 
 
 if __name__ == "__main__":

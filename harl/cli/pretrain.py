@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 
 from harl.cli.common import load_config, run_cli
+from harl.config import parse_cfg
 
 
 def _pretrain(argv) -> None:
-    from harl.config import parse_cfg
-    from harl.train import pretrain
+    from harl.train import pretrain  # lazy: keeps the command's start-up light
 
     cfg = parse_cfg(load_config(argv, "harl-pretrain", "Self-supervised pretraining from a solo-learn-style YAML config."))
     result = pretrain(cfg)

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(argv) -> None:
-    from harl.report import make_report
+    from harl.report import make_report  # lazy: keeps the command's start-up light
 
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     rep = make_report(a.runs, a.out, views=not a.no_views, views_run=a.views_run, data_path=a.data_path,

@@ -14,9 +14,11 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from harl.data.fashion_mnist import DEFAULT_ROOT, IDXFormatError
+from harl.cli.common import check_args, run_cli
+from harl.data.fashion_mnist import DEFAULT_ROOT
 from harl.data.fashion_scenes import (BACKGROUND_STYLES, PHOTOS, TINT_MODES, FashionScenesParams,
                                       generate_fashion_scenes)
+from harl.config_values import Int, Num, Seq
 
 
 def _csv_list(text: str) -> List[str]:
@@ -67,35 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from harl.cli.common import check_args
-    from harl.config_values import Int, Num, Seq
-
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args, {"size": Int(ge=1), "scale": Seq(Num(gt=0, le=1), length=2),
                               "bg_crop": Seq(Num(gt=0, le=1), length=2), "n_train": Int(ge=0), "n_test": Int(ge=0),
                               "seed": Int(ge=0), "threshold": Num(), "workers": Int(ge=1)})
-    try:
-        params = FashionScenesParams(
-            size=args.size, scale=tuple(args.scale), background=args.background, tint=args.tint,
-            n_train=args.n_train, n_test=args.n_test, seed=args.seed, threshold=args.threshold,
-            bg_crop=tuple(args.bg_crop), photos=tuple(args.photos), palette=tuple(args.palette),
-            test_variants=tuple(args.test_variants), unseen_photos=tuple(args.unseen_photos),
-        )
-        t0 = time.perf_counter()
-        meta = generate_fashion_scenes(args.out, params, workers=args.workers, force=args.force,
-                                       progress=not args.no_progress, fmnist_root=args.fmnist_root)
-        dt = time.perf_counter() - t0
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError, IDXFormatError, RuntimeError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"harl-scenes: error: {msg}", file=sys.stderr)
-        return 2
+    params = FashionScenesParams(
+        size=args.size, scale=tuple(args.scale), background=args.background, tint=args.tint,
+        n_train=args.n_train, n_test=args.n_test, seed=args.seed, threshold=args.threshold,
+        bg_crop=tuple(args.bg_crop), photos=tuple(args.photos), palette=tuple(args.palette),
+        test_variants=tuple(args.test_variants), unseen_photos=tuple(args.unseen_photos),
+    )
+    t0 = time.perf_counter()
+    meta = generate_fashion_scenes(args.out, params, workers=args.workers, force=args.force,
+                                   progress=not args.no_progress, fmnist_root=args.fmnist_root)
+    dt = time.perf_counter() - t0
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
     print(f"fashion-scenes in {os.path.abspath(args.out)}: {counts} ({dt:.1f} s)")
     print(f"train mean {json.dumps(meta['mean'])} std {json.dumps(meta['std'])} "
           f"fg fraction {meta['fg_fraction_mean']:.4f}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Errors as every harl command reports them (:func:`harl.cli.common.run_cli`); here a
+    ``ValueError`` / ``KeyError`` / ``RuntimeError`` from the generator is an input error too."""
+    return run_cli(_main, argv, input_errors=(ValueError, KeyError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ ARG_VALUES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harl.eval.transfer import DEFAULT_PENALTIES
+    from harl.eval.transfer import DEFAULT_PENALTIES  # lazy: keeps the command's start-up light
 
     p = argparse.ArgumentParser(
         prog="harl-transfer",
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _transfer(argv) -> None:
-    from harl.eval.transfer import DEFAULT_PENALTIES, run_transfer
+    from harl.eval.transfer import DEFAULT_PENALTIES, run_transfer  # lazy: keeps the command's start-up light
 
     parser = build_parser()
     a = parser.parse_args(sys.argv[1:] if argv is None else argv)

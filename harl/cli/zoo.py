@@ -23,6 +23,14 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from harl.cli.common import check_args, run_cli
+from harl.config_values import Int, Num
+from harl.utils.io import atomic_write_text
+from harl.zoo.add import add_entry, read_config_file, read_metrics
+from harl.zoo.download import cached_path, entry_status, fetch_entry
+from harl.zoo.manifest import load_manifest
+from harl.zoo.readme import readme_is_current, readme_path, write_readme
+
 PROG = "harl-zoo"
 
 
@@ -118,9 +126,6 @@ def _fmt_metric(v) -> str:
 
 
 def cmd_list(args) -> int:
-    from harl.zoo.download import cached_path
-    from harl.zoo.manifest import load_manifest
-
     m = load_manifest(args.manifest)
     if args.json:
         print(json.dumps([e.to_dict() for e in m.entries], indent=2))
@@ -145,9 +150,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from harl.zoo.download import fetch_entry
-    from harl.zoo.manifest import load_manifest
-
     entry = load_manifest(args.manifest).get(args.name)
     path = fetch_entry(entry, cache_dir=args.cache_dir, progress=not args.no_progress, force=args.force,
                        timeout=args.timeout)
@@ -156,10 +158,6 @@ def cmd_download(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from harl.zoo.download import entry_status
-    from harl.zoo.manifest import load_manifest
-    from harl.zoo.readme import readme_is_current, readme_path
-
     m = load_manifest(args.manifest)  # schema errors raise here
     print(f"manifest {m.path}: valid, {len(m.entries)} entries")
     bad = 0
@@ -187,8 +185,8 @@ def _print_result(res, prefix: str = "wrote") -> None:
 
 
 def cmd_export(args) -> int:
-    from harl.zoo.export import default_output, export_weights
-    from harl.zoo.models import resolve_weights
+    from harl.zoo.export import default_output, export_weights  # lazy: keeps the command's start-up light
+    from harl.zoo.models import resolve_weights  # lazy: keeps the command's start-up light
 
     weights, entry = resolve_weights(args.source, args.backbone, args.backbone_kwargs, args.manifest,
                                      args.cache_dir)
@@ -201,24 +199,20 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from harl.zoo.export import export_weights
-    from harl.zoo.importer import import_checkpoint
+    from harl.zoo.export import export_weights  # lazy: keeps the command's start-up light
+    from harl.zoo.importer import import_checkpoint  # lazy: keeps the command's start-up light
 
     weights, report = import_checkpoint(args.source, args.flavour, args.backbone, args.backbone_kwargs,
                                         trust=args.trust)
     print(report.to_text())
     res = export_weights(weights, args.format, args.out, args.dtype)
     if args.report:
-        from harl.utils.io import atomic_write_text
-
         atomic_write_text(args.report, json.dumps(report.to_dict(), indent=2))
     _print_result(res)
     return 0
 
 
 def cmd_add(args) -> int:
-    from harl.zoo.add import add_entry, read_config_file, read_metrics
-
     hardware = None
     if args.device:
         hardware = {"device": args.device}
@@ -239,9 +233,6 @@ def cmd_add(args) -> int:
 
 
 def cmd_readme(args) -> int:
-    from harl.zoo.manifest import load_manifest
-    from harl.zoo.readme import readme_is_current, readme_path, write_readme
-
     m = load_manifest(args.manifest)
     if args.check:
         if readme_is_current(m):
@@ -257,40 +248,18 @@ COMMANDS = {"list": cmd_list, "download": cmd_download, "verify": cmd_verify, "e
             "import": cmd_import, "add": cmd_add, "readme": cmd_readme}
 
 
-def _expected_errors():
-    from harl.zoo.download import ZooDownloadError
-    from harl.zoo.manifest import ManifestError
-
-    errors: List[type] = [ManifestError, ZooDownloadError, FileNotFoundError, KeyError, ValueError]
-    try:  # torch-side errors, only when those modules were imported
-        if "harl.checkpoint" in sys.modules:
-            from harl.checkpoint import CheckpointMismatchError
-
-            errors.append(CheckpointMismatchError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from harl.cli.common import check_args
-    from harl.config_values import Int, Num
-
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args, {"timeout": Num(gt=0), "device_count": Int(ge=1, nullable=True),
                               "hours": Num(ge=0, nullable=True), "epochs": Int(ge=1, nullable=True)})
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - narrowed below
-        if not isinstance(err, _expected_errors()):
-            raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
+    return COMMANDS[args.command](args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Errors as every harl command reports them (:func:`harl.cli.common.run_cli`); here a
+    ``ValueError`` / ``KeyError`` (a bad name, a bad option value) is an input error too."""
+    return run_cli(_main, argv, input_errors=(ValueError, KeyError))
 
 
 if __name__ == "__main__":  # pragma: no cover

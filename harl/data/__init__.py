@@ -18,7 +18,8 @@ from harl.data.registry import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DatasetSpe
 from harl.data import catalog  # noqa: F401  (registers the built-in datasets)
 from harl.data.datasets import ClassificationDataset, PretrainDataset, report_skipped
 from harl.data.eval_transforms import EvalGeometry, EvalTransform, LinearTrainTransform
-from harl.data.image_io import CorruptImageError, DatasetNotFoundError, read_image, read_mask
+from harl.data.image_io import read_image, read_mask
+from harl.errors import CorruptImageError, DatasetNotFoundError
 from harl.data.loaders import (
     apply_fraction,
     build_classification_dataset,
@@ -30,7 +31,8 @@ from harl.data.loaders import (
     build_view_transform,
     dataset_stats,
 )
-from harl.data.mask_pairing import MaskReader, MaskSizeMismatchError, MissingMaskError
+from harl.data.mask_pairing import MaskReader
+from harl.errors import MaskSizeMismatchError, MissingMaskError
 from harl.data.sources import ArraySource, FolderSource, ImageSource, SubsetSource, list_image_folder, stratified_subset
 from harl.data.transforms import (
     JointViewTransform,

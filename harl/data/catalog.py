@@ -26,9 +26,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from harl.data.eval_transforms import native_geometry, resize_center_crop_geometry, square_resize_geometry
-from harl.data.image_io import DatasetNotFoundError
+from harl.errors import DatasetNotFoundError
 from harl.data.registry import SPLITS, DatasetSpec, register_dataset
 from harl.data.sources import ArraySource, ImageSource, check_dir, list_image_folder
+from harl.data.fashion_mnist import CLASS_NAMES
+from harl.data.fashion_mnist import read_fashion_mnist
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -123,8 +125,6 @@ def read_fashion_mnist_split(root: str, split: str, download: bool = False):
     """(images uint8 N×28×28, labels int64 N) of ``split`` (train/test) found under ``root``
     (see :func:`harl.data.fashion_mnist.find_fashion_mnist_files`); ``download`` fetches the files
     with torchvision's downloader into ``<root>/FashionMNIST/raw`` when they are missing."""
-    from harl.data.fashion_mnist import read_fashion_mnist
-
     try:
         return read_fashion_mnist(root, split)
     except FileNotFoundError as err:
@@ -140,8 +140,6 @@ def read_fashion_mnist_split(root: str, split: str, download: bool = False):
 
 
 def build_fashion_mnist(root, split, *, download=False, no_labels=False, what="data path"):
-    from harl.data.fashion_mnist import CLASS_NAMES
-
     _check_split(split)
     root = _require_root(root, what)
     fsplit = "test" if split == "val" else "train"
@@ -187,13 +185,13 @@ def build_fashion_scenes(root, split, *, download=False, no_labels=False, what="
 
 
 def _scenes_mean():
-    from harl.data.fashion_scenes import SCENES_MEAN
+    from harl.data.fashion_scenes import SCENES_MEAN  # lazy: the generator module is not needed to register
 
     return SCENES_MEAN
 
 
 def _scenes_std():
-    from harl.data.fashion_scenes import SCENES_STD
+    from harl.data.fashion_scenes import SCENES_STD  # lazy: the generator module is not needed to register
 
     return SCENES_STD
 

@@ -7,7 +7,7 @@
 - :class:`ClassificationDataset`: items ``(image, target)`` or ``(image, target, mask 1×H×W uint8)``.
 
 Unreadable files (``skip_corrupt``): an item whose image (or mask) cannot be decoded raises a
-:class:`~harl.data.image_io.CorruptImageError` naming the file, unless ``skip_corrupt`` is on;
+:class:`~harl.errors.CorruptImageError` naming the file, unless ``skip_corrupt`` is on;
 then the next readable item (i+1, i+2, … cyclically) is returned in its place (its own index
 and target), a warning names the file the first time a process meets it, and the file is
 flagged in a shared-memory table, so the main process sees files skipped inside loader workers:
@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from harl.data.image_io import CorruptImageError, DataFileError
-from harl.data.mask_pairing import MaskReader, MaskSizeMismatchError, MissingMaskError
+from harl.errors import CorruptImageError, DataFileError
+from harl.data.mask_pairing import MaskReader
+from harl.errors import MaskSizeMismatchError, MissingMaskError
 from harl.data.sources import ImageSource
 
 

@@ -21,6 +21,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from harl.errors import IDXFormatError
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 
 #: The ten classes in label order; filesystem-safe (used as ImageFolder class folder names).
@@ -38,10 +40,6 @@ OFFICIAL_COUNTS: Dict[str, int] = {"train": 60000, "test": 10000}
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
-
-
-class IDXFormatError(ValueError):
-    """An IDX file is missing, truncated or structurally wrong; the message names the file."""
 
 
 def _read_bytes(path: str) -> bytes:

@@ -44,6 +44,8 @@ from PIL import Image
 
 from harl.data.fashion_mnist import CLASS_NAMES, NUM_CLASSES, read_fashion_mnist
 from harl.registry import Registry
+from harl.errors import SceneTreeMismatchError
+from harl.utils.procs import die_with_parent
 
 GENERATOR_NAME = "fashion-scenes"
 GENERATOR_VERSION = "1.0"
@@ -489,8 +491,6 @@ _WORKER_OUT: Optional[str] = None
 
 def _init_pool_worker(parent_pid: int, ctx: SceneContext, out_dir: str) -> None:
     """Pool initializer: the worker exits when the generating process dies (kill -9 included)."""
-    from harl.utils.procs import die_with_parent
-
     die_with_parent(parent_pid)
     _init_worker(ctx, out_dir)
 
@@ -534,10 +534,6 @@ def _run_chunk(task: Tuple[str, str, Optional[str], int, int]) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The driver
 # ----------------------------------------------------------------------------------------------
-
-class SceneTreeMismatchError(FileExistsError):
-    """The output folder holds a tree made with other parameters (or not by this generator)."""
-
 
 _OWNED = ("images", "masks", "manifest.csv", "meta.json", "params.json")
 MANIFEST_FIELDS = ("split", "index", "relpath", "label", "class_name", "source_split", "source_index",

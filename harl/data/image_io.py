@@ -19,40 +19,12 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from harl.errors import CorruptImageError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: file extensions recognised as images (lower case; torchvision's ImageFolder list)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class CorruptImageError(OSError):
-    """An image or mask file that exists in the listing but cannot be decoded."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"cannot read image '{self.path}': {reason}")
-
-    def __reduce__(self):  # keep (path, reason) through DataLoader worker pickling
-        return (type(self), (self.path, self.reason))
-
-
-class DataFileError(RuntimeError):
-    """An item's image or mask cannot be used, raised from a DataLoader worker process.
-
-    torch re-raises a worker's exception in the main process as ``type(text)``, where ``text`` is
-    the worker's whole traceback; this class keeps only its own one-line message from it.
-    """
-
-    def __init__(self, message: str):
-        marker = f"{type(self).__name__}: "
-        if "Original Traceback" in message and marker in message:
-            message = message[message.rindex(marker) + len(marker):].strip().splitlines()[0]
-        super().__init__(message)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data directory (or dataset file set) is missing, empty or holds no images."""
 
 
 def is_image_file(name: str) -> bool:

@@ -21,11 +21,10 @@ from harl.data.registry import DATASETS, DatasetSpec
 from harl.data.sampling import EpochSeededDataset, EpochShuffleSampler
 from harl.data.sources import ImageSource, SubsetSource, stratified_subset
 from harl.data.transforms import JointViewTransform, MultiViewTransform
+from harl.errors import ConfigError
 
 
 def _config_error(msg: str) -> Exception:
-    from harl.config import ConfigError
-
     return ConfigError(msg)
 
 

@@ -22,19 +22,13 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
-from harl.data.image_io import DatasetNotFoundError, read_mask
+from harl.data.image_io import read_mask
+from harl.errors import DatasetNotFoundError
 from harl.data.sources import ImageSource, check_dir
+from harl.errors import MaskSizeMismatchError, MissingMaskError
 
 ON_MISSING = ("error", "ones", "zeros")
 ON_SIZE_MISMATCH = ("error", "resize")
-
-
-class MissingMaskError(FileNotFoundError):
-    """An image has no mask file and ``data.masks.on_missing`` is ``error``."""
-
-
-class MaskSizeMismatchError(ValueError):
-    """A mask's H×W differs from its image's and ``data.masks.on_size_mismatch`` is ``error``."""
 
 
 class MaskReader:

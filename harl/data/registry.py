@@ -1,7 +1,9 @@
 """Dataset registry: what the training core needs to know about each ``data.dataset`` name.
 
 The built-in names (cifar10, cifar100, stl10, imagenet, imagenet100, custom, fashion_mnist,
-fashion_scenes) are registered by :mod:`harl.data.catalog`, imported with :mod:`harl.data`.
+fashion_scenes) are registered by :mod:`harl.data.catalog`, imported with :mod:`harl.data` or on
+the first lookup in :data:`DATASETS` (the registry object lives in :mod:`harl.registry`, so that
+:mod:`harl.config` can check ``data.dataset`` without importing the data package).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Tuple, Union
 
-from harl.registry import Registry
+from harl.registry import DATASETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,7 +28,7 @@ class DatasetSpec:
 
     - ``build(root, split, *, download=False, no_labels=False)`` → an
       :class:`~harl.data.sources.ImageSource` (RGB PIL images, int targets, −1 = unlabeled) for
-      ``split`` ∈ :data:`SPLITS`; it raises :class:`~harl.data.image_io.DatasetNotFoundError`
+      ``split`` ∈ :data:`SPLITS`; it raises :class:`~harl.errors.DatasetNotFoundError`
       naming the path when the data is missing or empty.
     - ``mean``/``std``: 3-tuples, or zero-argument callables returning them (resolved lazily by
       :meth:`stats`, for constants that live in modules that must not be imported eagerly).
@@ -51,9 +53,6 @@ class DatasetSpec:
         mean = self.mean() if callable(self.mean) else self.mean
         std = self.std() if callable(self.std) else self.std
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:

@@ -22,7 +22,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from harl.data.image_io import IMG_EXTENSIONS, DatasetNotFoundError, is_image_file, read_image
+from harl.data.image_io import IMG_EXTENSIONS, is_image_file, read_image
+from harl.errors import DatasetNotFoundError
 from harl.utils.walk import walk_unique
 
 

@@ -49,6 +49,26 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 
+from harl.config import AUGMENTATION_SCHEMA, MASKS_SCHEMA
+
+# the defaults of a view's augmentations and of the mask-aware crop are the config schema's
+# (harl.config.AUGMENTATION_SCHEMA / MASKS_SCHEMA): written there once, read here
+_AUG = AUGMENTATION_SCHEMA
+#: ViewAugmentation field → dotted key of an ``augmentations[i]`` item
+_AUG_KEYS = {
+    "rrc": "rrc.enabled", "crop_min_scale": "rrc.crop_min_scale", "crop_max_scale": "rrc.crop_max_scale",
+    "jitter_prob": "color_jitter.prob", "brightness": "color_jitter.brightness",
+    "contrast": "color_jitter.contrast", "saturation": "color_jitter.saturation", "hue": "color_jitter.hue",
+    "grayscale_prob": "grayscale.prob", "blur_prob": "gaussian_blur.prob", "sigma_min": "gaussian_blur.sigma_min",
+    "sigma_max": "gaussian_blur.sigma_max", "solarization_prob": "solarization.prob",
+    "equalization_prob": "equalization.prob", "hflip_prob": "horizontal_flip.prob",
+}
+
+
+def _aug_default(field: str):
+    block, key = _AUG_KEYS[field].split(".")
+    return _AUG[block][key]
+
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
@@ -78,54 +98,39 @@ class ViewAugmentation:
     """One ``augmentations[i]`` item (solo-learn keys), with the schema's defaults."""
 
     crop_size: int
-    rrc: bool = True
-    crop_min_scale: float = 0.08
-    crop_max_scale: float = 1.0
-    jitter_prob: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
-    grayscale_prob: float = 0.0
-    blur_prob: float = 0.0
-    sigma_min: float = 0.1
-    sigma_max: float = 2.0
-    solarization_prob: float = 0.0
-    equalization_prob: float = 0.0
-    hflip_prob: float = 0.5
+    rrc: bool = _aug_default("rrc")
+    crop_min_scale: float = _aug_default("crop_min_scale")
+    crop_max_scale: float = _aug_default("crop_max_scale")
+    jitter_prob: float = _aug_default("jitter_prob")
+    brightness: float = _aug_default("brightness")
+    contrast: float = _aug_default("contrast")
+    saturation: float = _aug_default("saturation")
+    hue: float = _aug_default("hue")
+    grayscale_prob: float = _aug_default("grayscale_prob")
+    blur_prob: float = _aug_default("blur_prob")
+    sigma_min: float = _aug_default("sigma_min")
+    sigma_max: float = _aug_default("sigma_max")
+    solarization_prob: float = _aug_default("solarization_prob")
+    equalization_prob: float = _aug_default("equalization_prob")
+    hflip_prob: float = _aug_default("hflip_prob")
 
     @classmethod
     def from_cfg(cls, aug: Mapping) -> "ViewAugmentation":
         if _get(aug, "crop_size", None) is None:
             raise ValueError("augmentation pipeline needs 'crop_size'")
-        return cls(
-            crop_size=int(aug["crop_size"]),
-            rrc=bool(_get(aug, "rrc.enabled", True)),
-            crop_min_scale=float(_get(aug, "rrc.crop_min_scale", 0.08)),
-            crop_max_scale=float(_get(aug, "rrc.crop_max_scale", 1.0)),
-            jitter_prob=float(_get(aug, "color_jitter.prob", 0.0)),
-            brightness=float(_get(aug, "color_jitter.brightness", 0.0)),
-            contrast=float(_get(aug, "color_jitter.contrast", 0.0)),
-            saturation=float(_get(aug, "color_jitter.saturation", 0.0)),
-            hue=float(_get(aug, "color_jitter.hue", 0.0)),
-            grayscale_prob=float(_get(aug, "grayscale.prob", 0.0)),
-            blur_prob=float(_get(aug, "gaussian_blur.prob", 0.0)),
-            sigma_min=float(_get(aug, "gaussian_blur.sigma_min", 0.1)),
-            sigma_max=float(_get(aug, "gaussian_blur.sigma_max", 2.0)),
-            solarization_prob=float(_get(aug, "solarization.prob", 0.0)),
-            equalization_prob=float(_get(aug, "equalization.prob", 0.0)),
-            hflip_prob=float(_get(aug, "horizontal_flip.prob", 0.5)),
-        )
+        values = {name: _get(aug, key, _aug_default(name)) for name, key in _AUG_KEYS.items()}
+        return cls(crop_size=int(aug["crop_size"]),
+                   **{name: (bool(v) if name == "rrc" else float(v)) for name, v in values.items()})
 
 
 @dataclass(frozen=True)
 class MaskCropOptions:
     """The ``data.masks`` keys that shape a view: fg acceptance, fallback, vertical flip."""
 
-    min_fg_frac: Optional[float] = 0.2
-    max_tries: int = 5
-    crop_fallback: str = "last"
-    vflip_prob: float = 0.0
+    min_fg_frac: Optional[float] = MASKS_SCHEMA["min_fg_frac"]
+    max_tries: int = MASKS_SCHEMA["max_tries"]
+    crop_fallback: str = MASKS_SCHEMA["crop_fallback"]
+    vflip_prob: float = MASKS_SCHEMA["vflip_prob"]
 
     def __post_init__(self):
         if self.crop_fallback not in ("last", "best"):
@@ -135,12 +140,12 @@ class MaskCropOptions:
 
     @classmethod
     def from_cfg(cls, masks: Mapping) -> "MaskCropOptions":
-        mf = masks["min_fg_frac"] if "min_fg_frac" in masks else 0.2
+        mf = masks["min_fg_frac"] if "min_fg_frac" in masks else cls.min_fg_frac
         return cls(
             min_fg_frac=None if mf is None else float(mf),
-            max_tries=int(_get(masks, "max_tries", 5)),
-            crop_fallback=str(_get(masks, "crop_fallback", "last")),
-            vflip_prob=float(_get(masks, "vflip_prob", 0.0)),
+            max_tries=int(_get(masks, "max_tries", cls.max_tries)),
+            crop_fallback=str(_get(masks, "crop_fallback", cls.crop_fallback)),
+            vflip_prob=float(_get(masks, "vflip_prob", cls.vflip_prob)),
         )
 
 

@@ -30,17 +30,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from harl.config import ConfigError
+from harl.errors import ConfigError
 from harl.data.image_io import _open_any, read_image, read_mask
 from harl.data.sources import FolderSource, ImageSource, SubsetSource
 from harl.utils.io import atomic_write_text
+from harl.errors import DataVerifyError
 
 LEVELS = {"quick": 1, "full": 2}
 _CACHE_VERSION = 1
-
-
-class DataVerifyError(ConfigError):
-    """``data.verify`` found unreadable files (all of them are listed)."""
 
 
 @dataclass
@@ -238,4 +235,4 @@ def verify_for_training(cfg: Any, train_ds: Any, val_ds: Any = None) -> None:
     warnings.warn(text + "\nthese items are skipped (data.skip_corrupt=true)")
 
 
-__all__ = ["DataVerifyError", "Problem", "verify_dataset", "verify_for_training", "format_problems", "LEVELS"]
+__all__ = ["Problem", "verify_dataset", "verify_for_training", "format_problems", "LEVELS"]

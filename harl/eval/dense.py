@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from harl.eval.runner import EVAL_MODES, EvalContext, build_datasets, evaluate
+from harl.eval.linear_config import build_linear_cfg
 
 # ---------------------------------------------------------------------------------------------
 # pure functions
@@ -157,6 +158,7 @@ class DenseTask:
 @EVAL_MODES.register("dense")
 def run_dense(ctx: EvalContext) -> Dict[str, Any]:
     """Mode ``dense``: ``{miou, iou_fg, iou_bg, pixel_acc, best_miou, best_epoch, epochs, history, ...}``."""
+    # lazy: imports torchvision
     from harl.eval.linear import (ProbeModule, _loader, cached_tensors, fit_probe, optimizer_cfg, scheduler_cfg,
                                   seed_head, summarize_history)
 
@@ -202,8 +204,6 @@ def dense_probe(pretrained: Optional[str] = None, *, dataset: str, train_path: s
     """Dense (foreground) probe of a checkpoint or a random-init backbone; returns the results dict of
     :func:`harl.eval.runner.evaluate` (``miou``, ``iou_fg``, ``metrics``, ``results_path``, ...).
     ``masks_root`` / ``val_masks_root`` default to the dataset's (fashion_scenes: beside the images)."""
-    from harl.eval.linear_config import build_linear_cfg
-
     over = {"optimizer.lr": lr, "optimizer.batch_size": batch_size, "checkpoint.dir": out_dir, "dense.loss": loss,
             "data.masks.root": masks_root, "data.masks.val_root": val_masks_root}
     over.update(overrides or {})

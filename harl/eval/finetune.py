@@ -41,8 +41,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from harl.checkpoint import atomic_torch_save, atomic_write_text
-from harl.config import FREE, REQUIRED, ConfigError, check_schema, choice
+from harl.config import CHECKPOINT_DIR, DATA_BLOCK, FREE, REQUIRED, check_schema, choice, pick
+from harl.errors import ConfigError
+from harl.registry import DATASETS
 from harl.eval.linear_config import check_eval_augmentations
+from harl.checkpoint import read_run_config
+from harl.config_values import COMMON_VALUES, MEAN_STD, Bool, Either, Int, Num, Seq, Str
+from harl.config_values import check_values
+from harl.eval.pretrained import file_sha256
+from harl.eval.pretrained import load_pretrained_backbone
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -57,16 +64,8 @@ FINETUNE_SCHEMA: Dict[str, Any] = {
     "random_init": False,  # the random-init baseline (architecture from the checkpoint or backbone.name)
     "backbone": {"name": None, "kwargs": FREE()},  # null: the checkpoint's architecture
     "eval_highpass": None,  # null: on iff the checkpoint was pretrained on high-pass inputs (SGM hp)
-    "data": {
-        "dataset": REQUIRED,
-        "train_path": None,
-        "val_path": None,
-        "num_workers": 4,
-        "download": False,
-        "skip_corrupt": False,
-        "num_classes": None,  # derived unless given
-        "augmentations": {"crop_size": None, "mean": None, "std": None},  # null: the pretraining's
-    },
+    "data": pick(DATA_BLOCK, "dataset", "train_path", "val_path", "num_workers", "download", "skip_corrupt",
+                 "num_classes", "augmentations"),
     "subset": {
         "fraction": None,  # e.g. 0.01 / 0.1; 1.0 = every label
         "per_class": None,  # or k labelled images per class
@@ -89,7 +88,7 @@ FINETUNE_SCHEMA: Dict[str, Any] = {
         "accumulate_grad_batches": 1,
     },
     "scheduler": {"name": "cosine", "warmup_epochs": 0},
-    "checkpoint": {"dir": "trained_models", "run_dir": None},  # run_dir: explicit output folder
+    "checkpoint": {"dir": CHECKPOINT_DIR, "run_dir": None},  # run_dir: explicit output folder
     "max_epochs": 30,
     "seed": 5,
     "accelerator": "auto",  # auto | cpu | cuda
@@ -100,8 +99,6 @@ FINETUNE_SCHEMA: Dict[str, Any] = {
 }
 
 def _values() -> Dict[str, Any]:
-    from harl.config_values import COMMON_VALUES, MEAN_STD, Bool, Either, Int, Num, Seq, Str
-
     keep = ("name", "seed", "max_epochs", "data.dataset", "data.train_path", "data.val_path", "data.num_workers",
             "data.download", "data.skip_corrupt", "data.num_classes", "optimizer.batch_size", "optimizer.weight_decay",
             "scheduler.warmup_epochs", "checkpoint.dir", "accelerator")
@@ -156,16 +153,12 @@ def _as_list(x) -> list:
 def validate_finetune_cfg(cfg: Any) -> DictConfig:
     """Check a fine-tuning config against :data:`FINETUNE_SCHEMA`, fill defaults, check values.
 
-    Raises :class:`~harl.config.ConfigError` naming the key (unknown keys get a close-match hint).
+    Raises :class:`~harl.errors.ConfigError` naming the key (unknown keys get a close-match hint).
     """
     # "resolved" and "pretrain_method" are written into args.json by the runner
     out = check_schema(cfg, FINETUNE_SCHEMA, allow_trainer_keys=False, drop=("resolved", "pretrain_method"))
-    from harl.config_values import check_values
 
     check_values(out, FINETUNE_VALUES)
-    import harl.data  # noqa: F401  (registers the datasets)
-    from harl.data.registry import DATASETS
-
     choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
     choice(str(out["precision"]), list(PRECISIONS), "precision")
     out["precision"] = str(out["precision"])
@@ -237,8 +230,6 @@ def config_digest(cfg: DictConfig) -> str:
             node = node.get(p, {})
         node.pop(parts[-1], None)
     if d.get("pretrained_feature_extractor"):
-        from harl.eval.pretrained import file_sha256
-
         path = os.path.abspath(str(d["pretrained_feature_extractor"]))
         d["pretrained_feature_extractor"] = path
         d["pretrained_sha256"] = file_sha256(path)  # a checkpoint rewritten in place gets a new folder
@@ -513,8 +504,6 @@ def stage_name(lr: float, weight_decay: float) -> str:
 
 def _pretrain_facts(path: Optional[str]) -> Dict[str, Any]:
     """``{"seed", "pretrain_run", "crop_size"}`` of the pretraining run a checkpoint comes from."""
-    from harl.checkpoint import read_run_config
-
     out: Dict[str, Any] = {"seed": None, "pretrain_run": None, "crop_size": None}
     if not path:
         return out
@@ -558,8 +547,6 @@ class FinetuneRunner:
 
     # -- pieces ----------------------------------------------------------------------------------
     def build_backbone(self):
-        from harl.eval.pretrained import load_pretrained_backbone
-
         c = self.cfg
         kwargs = OmegaConf.to_container(c.backbone.kwargs, resolve=True) or None
         return load_pretrained_backbone(c.pretrained_feature_extractor, c.backbone.name, kwargs,
@@ -571,12 +558,14 @@ class FinetuneRunner:
             use = bool(info.get("highpass"))
         if not use:
             return None
-        from harl.data.filters import HighPass
+
+        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
 
         return HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 
     def data(self, info: Dict[str, Any], facts: Dict[str, Any]):
         """(train source, train transform, eval transform, val dataset, num_classes, crop, mean, std)."""
+        # lazy: imports torchvision
         from harl.data import DATASETS, build_classification_dataset, build_eval_transform, dataset_stats
 
         c = self.cfg
@@ -609,7 +598,7 @@ class FinetuneRunner:
         return train_ds, eval_tf, val_ds, num_classes, crop, mean, std
 
     def select_subset(self, source) -> np.ndarray:
-        from harl.eval.subsets import class_balanced_subset, read_subset_list
+        from harl.eval.subsets import class_balanced_subset, read_subset_list  # lazy: imports torchvision
 
         sub = self.cfg.subset
         if sub.file is not None:
@@ -620,7 +609,7 @@ class FinetuneRunner:
 
     def _save_or_check_list(self, name: str, source, indices: np.ndarray, header: str) -> None:
         """Write a subset list, or check that an existing one (from an interrupted run) is identical."""
-        from harl.eval.subsets import item_key, write_subset_list
+        from harl.eval.subsets import item_key, write_subset_list  # lazy: imports torchvision
 
         path = os.path.join(self.run_dir, name)
         if os.path.isfile(path):
@@ -635,8 +624,8 @@ class FinetuneRunner:
 
     # -- the protocol ----------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
-        from harl.data import ClassificationDataset, SubsetSource
-        from harl.eval.subsets import holdout_split, subset_summary
+        from harl.data import ClassificationDataset, SubsetSource  # lazy: imports torchvision
+        from harl.eval.subsets import holdout_split, subset_summary  # lazy: imports torchvision
 
         c = self.cfg
         os.makedirs(self.run_dir, exist_ok=True)

@@ -22,6 +22,8 @@ from harl.checkpoint import atomic_write_text
 from harl.eval.knn import knn_predict, topk_accuracy
 from harl.eval.linear_config import knn_grid
 from harl.eval.runner import EVAL_MODES, EvalContext, build_datasets, evaluate
+from harl.eval.features import resolve_device
+from harl.eval.linear_config import build_linear_cfg
 
 
 def knn_scores(train_feats: torch.Tensor, train_targets: torch.Tensor, val_feats: torch.Tensor,
@@ -49,8 +51,7 @@ def knn_scores(train_feats: torch.Tensor, train_targets: torch.Tensor, val_feats
 @EVAL_MODES.register("knn")
 def run_knn(ctx: EvalContext) -> Dict[str, Any]:
     """Mode ``knn``: ``{top1, top5, k, T, distance_func, grid, n_train, n_val}``."""
-    from harl.eval.features import resolve_device
-    from harl.eval.linear import cached_tensors
+    from harl.eval.linear import cached_tensors  # lazy: imports torchvision
 
     cfg = ctx.cfg
     train_ds, val_ds = build_datasets(ctx, train_augment=False, with_masks=False)
@@ -75,8 +76,6 @@ def knn_eval(pretrained: Optional[str] = None, *, dataset: str, train_path: str,
              **top_level) -> Dict[str, Any]:
     """kNN evaluation of a checkpoint (or a random-init backbone); ``k``/``T``/``distance_func`` may be
     lists (grid). Returns the results dict of :func:`harl.eval.runner.evaluate`."""
-    from harl.eval.linear_config import build_linear_cfg
-
     over = {"knn.k": k, "knn.T": T, "knn.distance_func": distance_func, "checkpoint.dir": out_dir,
             "optimizer.batch_size": batch_size}
     over.update(overrides or {})

@@ -36,6 +36,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from harl.data.sampling import EpochSeededDataset, EpochShuffleSampler
 from harl.eval.runner import EVAL_MODES, EvalContext, build_datasets, cache_path_for, evaluate
+from harl.checkpoint import Checkpointer, preserve_metrics_on_resume
+from harl.eval.features import extract_feature_maps, extract_features
+from harl.eval.linear_config import build_linear_cfg
+from harl.eval.linear_config import trainer_extra_kwargs
+from harl.optim import StepDecay, WarmupCosine, build_optimizer
+from harl.train import EpochSeeder, resolve_accelerator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +198,6 @@ class ProbeModule(pl.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        from harl.optim import StepDecay, WarmupCosine, build_optimizer
-
         params = list(self.head.parameters())
         if self.finetune:
             params += list(self.backbone.parameters())
@@ -268,10 +272,6 @@ def fit_probe(ctx: EvalContext, module: ProbeModule, train_loader, val_loader, *
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
-
-    from harl.checkpoint import Checkpointer, preserve_metrics_on_resume
-    from harl.eval.linear_config import trainer_extra_kwargs
-    from harl.train import EpochSeeder, resolve_accelerator
 
     cfg = ctx.cfg
     if ctx.resume_ckpt and _finished(ctx.resume_ckpt, module, int(cfg.max_epochs)):
@@ -373,8 +373,6 @@ def _loader(ds, cfg: DictConfig, shuffle: bool, drop_last: bool = False, workers
 
 def cached_tensors(ctx: EvalContext, dataset, split: str, kind: str = "pooled"):
     """Features (or feature maps) of ``dataset`` through the cache of ``ctx`` (see features.py)."""
-    from harl.eval.features import extract_feature_maps, extract_features
-
     path, key = cache_path_for(ctx, split, dataset, kind)
     common = dict(batch_size=int(ctx.cfg.optimizer.batch_size), num_workers=int(ctx.cfg.data.num_workers),
                   progress=ctx.progress, input_transform=ctx.input_transform, cache_path=path, cache_key=key,
@@ -452,8 +450,6 @@ def linear_probe(pretrained: Optional[str] = None, *, dataset: str, train_path: 
     ...                    val_path="datasets/fashion-scenes", max_epochs=100)   # doctest: +SKIP
     >>> res["top1"], res["results_path"]                                        # doctest: +SKIP
     """
-    from harl.eval.linear_config import build_linear_cfg
-
     over = {"optimizer.lr": lr, "optimizer.batch_size": batch_size, "checkpoint.dir": out_dir}
     over.update(overrides or {})
     cfg = build_linear_cfg("linear", pretrained, dataset, train_path, val_path, backbone=backbone,

@@ -31,17 +31,14 @@ from typing import Any, Dict, Iterable, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from harl.config import (
-    DATASET_NUM_CLASSES,
-    FREE,
-    REQUIRED,
-    ConfigError,
-    check_kwargs,
-    check_schema,
-    choice,
-    count_class_folders,
-    num_devices,
+    AUTO_RESUME_BLOCK, DATA_BLOCK, DATASET_NUM_CLASSES, FREE, PERFORMANCE_BLOCK, REQUIRED, WANDB_BLOCK, check_kwargs,
+    check_schema, checkpoint_block, choice, count_class_folders, num_devices, pick, trainer_block,
 )
-from harl.registry import close_match_hint
+from harl.config import trainer_extra_kwargs as _trainer_extra_kwargs
+from harl.config_values import (COMMON_VALUES, MASKS_VALUES, MEAN_STD, Bool, Either, Int, Num, Prob, Seq, Str,
+                                check_kwargs_values, check_values)
+from harl.errors import ConfigError
+from harl.registry import DATASETS, OPTIMIZERS, close_match_hint
 
 #: evaluation modes (``mode``) and training protocols (``protocol``)
 MODES = ("linear", "knn", "dense")
@@ -67,18 +64,9 @@ LINEAR_SCHEMA: Dict[str, Any] = {
     "hp_kernel": None,  # null: the checkpoint's, else 11
     "hp_sigma": None,  # null: the checkpoint's, else 5
     "data": {
-        "dataset": REQUIRED,
-        "train_path": None,
-        "val_path": None,
-        "format": "image_folder",
-        "num_workers": 4,
-        "fraction": -1.0,  # of the training split (class-stratified, seeded)
-        "download": False,
-        "skip_corrupt": False,
-        "num_classes": None,  # derived unless given
-        "augmentations": {"crop_size": None, "mean": None, "std": None},
-        "masks": {"root": None, "val_root": None, "suffix": ".png", "on_missing": "error",
-                  "on_size_mismatch": "error"},
+        **pick(DATA_BLOCK, "dataset", "train_path", "val_path", "format", "num_workers", "fraction", "download",
+               "skip_corrupt", "num_classes", "augmentations"),
+        "masks": pick(DATA_BLOCK["masks"], "root", "val_root", "suffix", "on_missing", "on_size_mismatch"),
     },
     "optimizer": {"name": "sgd", "batch_size": 256, "lr": 0.1, "weight_decay": 0.0, "kwargs": FREE()},
     "scheduler": {"name": "step", "lr_decay_steps": [60, 80], "warmup_epochs": 10, "warmup_start_lr": 3e-5,
@@ -86,21 +74,15 @@ LINEAR_SCHEMA: Dict[str, Any] = {
     "knn": {"k": 20, "T": 0.07, "distance_func": "cosine"},
     "dense": {"loss": "bce"},
     "cache": {"enabled": True, "dir": None},  # dir null: <checkpoint.dir>/feature_cache
-    "checkpoint": {"enabled": True, "dir": "trained_models", "frequency": 1, "keep_prev": False},
-    "auto_resume": {"enabled": False, "max_hours": 36},
-    "wandb": {"enabled": False, "project": "harl", "entity": None, "offline": True, "tags": None},
-    "performance": {"disable_channel_last": False},
+    "checkpoint": checkpoint_block(enabled=True),
+    "auto_resume": AUTO_RESUME_BLOCK,
+    "wandb": WANDB_BLOCK,
+    "performance": PERFORMANCE_BLOCK,
     "label_smoothing": 0.0,
     "head_norm": None,  # null | batchnorm (BatchNorm without affine before the linear / 1×1 head)
     "seed": 5,
     "resume_from_checkpoint": None,
-    "max_epochs": 100,
-    "devices": 1,
-    "num_nodes": 1,
-    "accelerator": "auto",
-    "strategy": "auto",
-    "precision": "32-true",
-    "sync_batchnorm": False,
+    **trainer_block(max_epochs=100, accumulate_grad_batches=False),
     # solo-learn keys that harl accepts and ignores (with a warning when set)
     "auto_augment": False,
     "mixup": 0.0,
@@ -112,9 +94,6 @@ LINEAR_SCHEMA: Dict[str, Any] = {
 }
 
 def _values() -> Dict[str, Any]:
-    from harl.config_values import (COMMON_VALUES, MASKS_VALUES, MEAN_STD, Bool, Either, Int, Num, Prob, Seq,
-                                    Str)
-
     one_or_list = lambda v: Either(v, Seq(v, nonempty=True))  # noqa: E731
     return {
         **COMMON_VALUES,
@@ -151,8 +130,7 @@ def _values() -> Dict[str, Any]:
 LINEAR_VALUES: Dict[str, Any] = _values()
 
 #: top-level keys of the schema that are also ``Trainer`` arguments (handled explicitly)
-_HANDLED_TRAINER_KEYS = {"max_epochs", "devices", "num_nodes", "accelerator", "strategy", "precision",
-                         "sync_batchnorm"}
+_HANDLED_TRAINER_KEYS = set(trainer_block(max_epochs=100, accumulate_grad_batches=False))
 
 
 def _as_list(x) -> List:
@@ -162,7 +140,7 @@ def _as_list(x) -> List:
 def validate_linear_cfg(cfg: Any) -> DictConfig:
     """Check ``cfg`` against :data:`LINEAR_SCHEMA`, fill defaults and check values.
 
-    Raises :class:`~harl.config.ConfigError` naming the key for an unknown key (with a
+    Raises :class:`~harl.errors.ConfigError` naming the key for an unknown key (with a
     close-match hint), a missing required key or a bad value.
     """
     out = check_schema(cfg, LINEAR_SCHEMA, handled_trainer_keys=_HANDLED_TRAINER_KEYS)
@@ -176,15 +154,11 @@ def validate_linear_cfg(cfg: Any) -> DictConfig:
         warnings.warn("data.format 'dali' is not supported by harl; reading the images with the image_folder loader")
         out["data"]["format"] = "image_folder"
 
-    from harl.optim import OPTIMIZERS
-
     opt_name = out["optimizer"]["name"]
     if opt_name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer '{opt_name}'{close_match_hint(opt_name, OPTIMIZERS.names())}")
     out["optimizer"]["kwargs"] = check_kwargs(out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs,
                                               "optimizer.kwargs")
-    from harl.config_values import check_kwargs_values, check_values
-
     check_values(out, LINEAR_VALUES)
     check_kwargs_values(out["optimizer"]["kwargs"], OPTIMIZERS.get(opt_name).default_kwargs, "optimizer.kwargs")
     _check_values(out)
@@ -192,9 +166,6 @@ def validate_linear_cfg(cfg: Any) -> DictConfig:
 
 
 def _check_values(out: dict) -> None:
-    import harl.data  # noqa: F401  (registers the datasets)
-    from harl.data.registry import DATASETS
-
     choice(out["mode"], MODES, "mode")
     choice(out["protocol"], PROTOCOLS, "protocol")
     choice(out["data"]["dataset"], DATASETS.names(), "data.dataset")
@@ -281,9 +252,7 @@ def parse_linear_cfg(cfg: Any) -> DictConfig:
 
 def trainer_extra_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """Top-level keys of a linear config that are ``Trainer`` arguments not handled elsewhere."""
-    from harl.train import trainer_extra_kwargs as extra_kwargs
-
-    return extra_kwargs(cfg, LINEAR_SCHEMA)
+    return _trainer_extra_kwargs(cfg, LINEAR_SCHEMA)
 
 
 def build_linear_cfg(mode: str, pretrained: Optional[str], dataset: str, train_path: str, val_path: str, *,

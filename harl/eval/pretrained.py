@@ -21,7 +21,7 @@ How the architecture is found, first match wins for each piece:
    ``cifar_stem`` from its 3×3 kernel.
 
 The weights are then loaded **strictly** (:func:`harl.checkpoint.strict_load`): any missing,
-unexpected or mis-shaped key raises :class:`~harl.checkpoint.CheckpointMismatchError` naming
+unexpected or mis-shaped key raises :class:`~harl.errors.CheckpointMismatchError` naming
 the keys. Supported files: ``.ckpt`` (harl and solo-learn Lightning checkpoints), ``.pth`` /
 ``.pt`` (a bare backbone state dict, a full model state dict, or a dict holding ``state_dict`` /
 ``model``) and ``.safetensors``. Legacy ``encoder.*`` keys are renamed to ``backbone.*``.
@@ -59,7 +59,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.checkpoint import CheckpointMismatchError, backbone_state_dict, read_run_config, read_state_dict, strict_load
+from harl.checkpoint import backbone_state_dict, read_run_config, read_state_dict, strict_load
+from harl.errors import CheckpointMismatchError
+from harl.registry import DATASETS, METHODS
 
 #: SGM's default high-pass filter (docs/methods/sgm.md)
 DEFAULT_HP_KERNEL = 11
@@ -147,7 +149,7 @@ def _stats_from_run_config(run_cfg: Any, dataset: Optional[str]):
         mean = _plain(_get(run_cfg, "data.augmentations.mean"))
         std = _plain(_get(run_cfg, "data.augmentations.std"))
     if (mean is None or std is None) and dataset:
-        from harl.data import DATASETS, dataset_stats
+        from harl.data import DATASETS, dataset_stats  # lazy: imports torchvision
 
         if dataset in DATASETS:
             d_mean, d_std = dataset_stats(dataset)
@@ -183,13 +185,10 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
     kwargs = dict(_plain(_get(run_cfg, "backbone.kwargs", {})) or {})
     if _is_linear_run(run_cfg):
         return str(name), kwargs  # a linear run stores the resolved architecture
-    from harl.backbones import BACKBONES
-    from harl.data.registry import DATASETS
+    from harl.backbones import BACKBONES  # lazy: imports torchvision
 
     method = _get(run_cfg, "method")
     if name in BACKBONES:
-        from harl.methods import METHODS
-
         if method in METHODS:
             # runs written before args.json recorded them (HARL feature_map: c5_stride1)
             cls = METHODS.get(method)
@@ -236,7 +235,7 @@ def infer_resnet_architecture(state_dict: Dict[str, torch.Tensor]) -> Tuple[Opti
 
 
 def _build(name: str, kwargs: Dict[str, Any], seed: Optional[int]) -> nn.Module:
-    from harl.backbones import build_backbone
+    from harl.backbones import build_backbone  # lazy: imports torchvision
 
     if seed is not None:
         state = torch.random.get_rng_state()
@@ -310,7 +309,7 @@ def load_pretrained_backbone(path: Optional[str], backbone_name: Optional[str] =
         inferred_kwargs.update(kwargs)
         name, kwargs, arch_source = inferred_name, inferred_kwargs, "state_dict"
     else:
-        from harl.backbones import BACKBONES
+        from harl.backbones import BACKBONES  # lazy: imports torchvision
 
         if name in BACKBONES and run_cfg is None and sd is not None:
             _, inferred = infer_resnet_architecture(sd)

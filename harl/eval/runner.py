@@ -35,15 +35,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harl.checkpoint import atomic_write_text, choose_resume, new_version, resume_fingerprint
-from harl.config import ConfigError
+from harl.errors import ConfigError
 from harl.eval.linear_config import parse_linear_cfg
 from harl.eval.pretrained import DEFAULT_HP_KERNEL, DEFAULT_HP_SIGMA, load_pretrained_backbone
-from harl.registry import Registry
+from harl.registry import DATASETS, Registry
+from harl.version import __version__
+from harl.eval.features import describe_transform, feature_cache_key, key_digest
 
 log = logging.getLogger("harl")
 
-#: mode name → ``run(ctx) -> metrics dict``; filled by harl.eval.linear / .knn_probe / .dense
-EVAL_MODES: Registry[Callable[["EvalContext"], Dict[str, Any]]] = Registry("evaluation mode")
+#: mode name → ``run(ctx) -> metrics dict``; filled by harl.eval.linear / .knn_probe / .dense (imported on
+#: the first lookup)
+EVAL_MODES: Registry[Callable[["EvalContext"], Dict[str, Any]]] = Registry(
+    "evaluation mode", plugins=("harl.eval.dense", "harl.eval.knn_probe", "harl.eval.linear"))
 
 RESULTS_FILE = "results.json"
 
@@ -98,8 +102,7 @@ def default_crop_size(dataset_name: str) -> Optional[int]:
     """The evaluation crop of a dataset: 224 for ImageNet-style sets (Resize + CenterCrop), the
     square resize side for stl10 (96); None for sets used at their native size (read from the
     first image)."""
-    from harl.data.eval_transforms import resize_center_crop_geometry
-    from harl.data.registry import DATASETS
+    from harl.data.eval_transforms import resize_center_crop_geometry  # lazy: imports torchvision
 
     spec = DATASETS.get(dataset_name)
     geometry = (spec.eval_geometry or resize_center_crop_geometry)(224)
@@ -119,7 +122,7 @@ def resolve_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
     dataset's statistics. crop_size: given > :func:`default_crop_size` > the side of the first
     validation image (native-size datasets: cifar, fashion sets).
     """
-    from harl.data import build_classification_dataset, dataset_stats
+    from harl.data import build_classification_dataset, dataset_stats  # lazy: imports torchvision
 
     aug = cfg.data.augmentations
     if aug.mean is None or aug.std is None:
@@ -142,8 +145,6 @@ def resolve_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
 def masks_roots(cfg: DictConfig) -> Tuple[str, str]:
     """(train masks root, val masks root) for the dense probe: ``data.masks.root`` /
     ``data.masks.val_root``, else the dataset's default (fashion_scenes: the ``masks`` mirror)."""
-    from harl.data.registry import DATASETS
-
     spec = DATASETS.get(cfg.data.dataset)
     roots = []
     for key, path, split in (("root", cfg.data.train_path, "train"), ("val_root", cfg.data.val_path, "val")):
@@ -161,7 +162,7 @@ def masks_roots(cfg: DictConfig) -> Tuple[str, str]:
 
 def build_datasets(ctx: EvalContext, *, train_augment: bool, with_masks: bool):
     """(train, val) :class:`~harl.data.ClassificationDataset` s of the config (masks for dense)."""
-    from harl.data import build_classification_dataset
+    from harl.data import build_classification_dataset  # lazy: imports torchvision
 
     cfg = ctx.cfg
     aug = cfg.data.augmentations
@@ -179,8 +180,6 @@ def build_datasets(ctx: EvalContext, *, train_augment: bool, with_masks: bool):
 
 def cache_path_for(ctx: EvalContext, split: str, dataset, kind: str) -> Tuple[Optional[str], Optional[Dict]]:
     """(cache file, cache key) of a feature set, or (None, None) with ``cache.enabled: false``."""
-    from harl.eval.features import describe_transform, feature_cache_key, key_digest
-
     cfg = ctx.cfg
     if not cfg.cache.enabled:
         return None, None
@@ -267,10 +266,6 @@ def _weights_id(info: Dict[str, Any], seed: int) -> str:
 
 
 def _run_mode(ctx: EvalContext) -> Dict[str, Any]:
-    import harl.eval.dense  # noqa: F401  (register the modes)
-    import harl.eval.knn_probe  # noqa: F401
-    import harl.eval.linear  # noqa: F401
-
     return EVAL_MODES.get(str(ctx.cfg.mode))(ctx)
 
 
@@ -330,7 +325,8 @@ def evaluate(cfg: Any, progress: Optional[bool] = None) -> Dict[str, Any]:
     def input_transform():
         if not apply_hp:
             return None
-        from harl.data.filters import HighPass
+
+        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
 
         return HighPass(kernel, sigma)
 
@@ -383,9 +379,7 @@ def _json_default(x):
 
 
 def _harl_version() -> str:
-    import harl
-
-    return getattr(harl, "__version__", "unknown")
+    return __version__
 
 
 def read_results(run_dir: str) -> Dict[str, Any]:

@@ -22,12 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harl.checkpoint import atomic_write_text
-from harl.config import ConfigError
+from harl.errors import ConfigError
 from harl.data.sources import FolderSource, ImageSource, SubsetSource, stratified_subset
-
-
-class SubsetListError(ConfigError):
-    """A subset list that does not match the dataset it is applied to."""
+from harl.errors import SubsetListError
 
 
 def _check_labelled(targets: np.ndarray, what: str) -> None:

@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harl.eval.features import extract_features, feature_cache_key, key_digest
+from harl.eval.features import state_dict_sha256
+
 #: 45 log-spaced penalties from 1e-6 to 1e5 (BYOL's transfer protocol)
 DEFAULT_PENALTIES: Tuple[float, ...] = tuple(float(v) for v in np.logspace(-6, 5, 45))
 
@@ -277,14 +280,11 @@ def _features(backbone, info, dataset, *, split_name: str, data_path: str, cache
               in_tf, batch_size: int, num_workers: int, device, progress: bool):
     """Features of ``dataset`` with :func:`harl.eval.features.extract_features`, cached under
     ``cache_dir`` by a key naming the weights, data, split and transforms."""
-    from harl.eval.features import extract_features, feature_cache_key, key_digest
-
     cache_path = None
     key = None
     if cache_dir:
         if info.get("random_init") or not info.get("sha256"):
             # no file names the weights: key on the weights themselves (the extractor's default key)
-            from harl.eval.features import state_dict_sha256
 
             tag = state_dict_sha256(backbone)[:16]
         else:
@@ -325,11 +325,11 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     the whole search, …) into ``out_dir`` (default ``<checkpoint_dir>/transfer/<name>-<digest>``)
     and returns the same dict.
     """
-    from harl.checkpoint import atomic_write_text
-    from harl.data import build_classification_dataset, dataset_stats
-    from harl.eval.finetune import _pretrain_facts, resolve_device
-    from harl.eval.pretrained import load_pretrained_backbone
-    from harl.eval.subsets import holdout_split, write_subset_list
+    from harl.checkpoint import atomic_write_text  # lazy: imports lightning
+    from harl.data import build_classification_dataset, dataset_stats  # lazy: imports lightning, torchvision
+    from harl.eval.finetune import _pretrain_facts, resolve_device  # lazy: imports lightning
+    from harl.eval.pretrained import load_pretrained_backbone  # lazy: imports lightning
+    from harl.eval.subsets import holdout_split, write_subset_list  # lazy: imports lightning, torchvision
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -345,7 +345,7 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     std = list(std) if std is not None else (info.get("std") or list(d_std))
     in_tf = None
     if eval_highpass if eval_highpass is not None else bool(info.get("highpass")):
-        from harl.data.filters import HighPass
+        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
 
         in_tf = HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 
@@ -353,7 +353,7 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
         d = build_classification_dataset(dataset, path, split, crop, mean, std, train_augment=False,
                                          skip_corrupt=skip_corrupt)
         if resize:
-            from harl.data import EvalGeometry, EvalTransform
+            from harl.data import EvalGeometry, EvalTransform  # lazy: imports lightning, torchvision
 
             d.transform = EvalTransform(EvalGeometry(resize=(crop, crop)), mean, std)
         return d

@@ -37,7 +37,7 @@ _LAZY = {
 def __getattr__(name):
     if name in _LAZY:
         if name == "GENERATORS":
-            from harl.masks.registry import load_builtin_generators
+            from harl.masks.registry import load_builtin_generators  # lazy table: see the docstring
 
             load_builtin_generators()
         return getattr(importlib.import_module(_LAZY[name]), name)

@@ -19,8 +19,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from harl.masks.io import MASK_EXTENSIONS, ImageReadError, find_mask_file, list_files, read_mask_values
+from harl.masks.io import MASK_EXTENSIONS, find_mask_file, list_files, read_mask_values
+from harl.errors import ImageReadError
 from harl.masks.ops import confusion_counts, metrics_from_counts, resize_mask_nearest
+from harl.masks.io import atomic_write_text
+from harl.utils.procs import die_with_parent
 
 
 @dataclass
@@ -120,8 +123,6 @@ def evaluate_trees(pred_root: str, gt_root: str, pred_threshold: float = 0.0, gt
         if workers <= 1:
             outs = map(_compare_star, args)
         else:
-            from harl.utils.procs import die_with_parent
-
             pool = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
             outs = pool.map(_compare_star, args, chunksize=max(1, min(64, len(args) // (workers * 8) or 1)))
         for out in outs:
@@ -140,6 +141,4 @@ def evaluate_trees(pred_root: str, gt_root: str, pred_threshold: float = 0.0, gt
 
 
 def write_json(result: EvalResult, path: str) -> None:
-    from harl.masks.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n")

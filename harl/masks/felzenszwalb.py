@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from harl.masks.registry import GeneratorSpec, param, register_generator
+from harl.masks.ops import resize_mask_nearest
 
 FALLBACK_NONE = ""
 FALLBACK_CENTER = "center"
@@ -271,8 +272,6 @@ def felzenszwalb_mask(image: np.ndarray, params: FelzenszwalbParams = Felzenszwa
         if (wh, ww) == (height, width):
             mask = work_mask
         else:
-            from harl.masks.ops import resize_mask_nearest
-
             mask = resize_mask_nearest(work_mask, height, width)
             if wh > height or ww > width:  # nearest *down*-sampling can close a thin gap
                 mask = fill_holes(mask)

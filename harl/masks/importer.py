@@ -17,7 +17,7 @@ import numpy as np
 
 from harl.masks.io import find_mask_file, read_image_size, read_mask_values
 from harl.masks.ops import count_components, resize_mask_nearest
-from harl.masks.runner import MissingMaskError
+from harl.errors import MissingSourceMaskError
 
 FALLBACK_RESIZED = "resized"
 
@@ -42,7 +42,7 @@ class ImportJob:
         src = find_mask_file(self.masks_root, relpath)
         if src is None:
             stem = os.path.splitext(relpath)[0]
-            raise MissingMaskError(f"no mask for '{relpath}' in '{self.masks_root}' (looked for '{stem}.png' "
+            raise MissingSourceMaskError(f"no mask for '{relpath}' in '{self.masks_root}' (looked for '{stem}.png' "
                                    "and other mask extensions)")
         mask = read_mask_values(src) > self.threshold
         fallback = ""

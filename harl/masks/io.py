@@ -31,6 +31,8 @@ from PIL import Image
 
 from harl.utils.io import atomic_write_bytes, tmp_path
 from harl.utils.walk import walk_unique
+from harl.errors import ImageReadError
+from harl.errors import CorruptImageError
 
 # the same list as harl.data.image_io.IMG_EXTENSIONS (torchvision ImageFolder); kept here so that
 # importing this module does not import the data pipeline (checked by a test)
@@ -39,10 +41,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 MASK_EXTENSIONS = IMAGE_EXTENSIONS + (".gif", ".npy")
 
 TMP_RE = re.compile(r"\.tmp-\d+-[0-9a-f]+$")
-
-
-class ImageReadError(RuntimeError):
-    """An image or mask file could not be read (missing, truncated, corrupt, unsupported)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +140,7 @@ def read_image_rgb(path: str) -> np.ndarray:
 
     Raises :class:`ImageReadError` naming the file (missing, truncated, corrupt, unsupported).
     """
-    from harl.data.image_io import CorruptImageError, read_image
+    from harl.data.image_io import read_image  # lazy: harl.data imports torch, the CPU generators need none
 
     try:
         arr = np.asarray(read_image(path), dtype=np.uint8)

@@ -38,7 +38,8 @@ class GeneratorSpec:
     volatile: Tuple[str, ...] = ()
 
 
-GENERATORS: Registry[GeneratorSpec] = Registry("mask generator")
+#: the built-in generators register themselves when their modules are imported (first lookup)
+GENERATORS: Registry[GeneratorSpec] = Registry("mask generator", plugins=("harl.masks.felzenszwalb", "harl.masks.saliency"))
 
 
 def register_generator(spec: GeneratorSpec) -> GeneratorSpec:
@@ -55,6 +56,5 @@ def params_to_dict(params) -> Dict[str, Any]:
 
 
 def load_builtin_generators() -> None:
-    """Import the modules that register the built-in generators."""
-    from harl.masks import felzenszwalb  # noqa: F401
-    from harl.masks import saliency  # noqa: F401
+    """Import the modules that register the built-in generators (also done by the first lookup)."""
+    GENERATORS.load()

@@ -49,18 +49,14 @@ from harl.masks.io import (
     read_image_rgb,
     shard_select,
 )
+from harl.errors import MetaMismatchError, MissingSourceMaskError
+from harl.errors import ImageReadError
+from harl.masks.registry import GENERATORS, load_builtin_generators
+from harl.utils.procs import die_with_parent
 
 STATE_DIR = ".harl-masks"
 MANIFEST_FIELDS = ("relpath", "height", "width", "fg_fraction", "n_segments", "fallback")
 HIST_BINS = 10
-
-
-class MissingMaskError(FileNotFoundError):
-    """``harl-masks import``: no source mask for an image."""
-
-
-class MetaMismatchError(ValueError):
-    """The output folder was made by another generator or with other parameters."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,14 +77,10 @@ class ImageGeneratorJob:
 
     @property
     def uses_torch(self) -> bool:
-        from harl.masks.registry import GENERATORS, load_builtin_generators
-
         load_builtin_generators()
         return GENERATORS.get(self.generator).uses_torch
 
     def setup(self) -> None:
-        from harl.masks.registry import GENERATORS, load_builtin_generators
-
         load_builtin_generators()
         self._fn = GENERATORS.get(self.generator).build(self.params)
 
@@ -129,7 +121,6 @@ _WORKER: Dict[str, Any] = {}
 
 def _init_worker(job, out_root: str, torch_threads: int, parent_pid: Optional[int] = None) -> None:
     if parent_pid is not None:  # a pool worker: never outlive the command (kill -9 included)
-        from harl.utils.procs import die_with_parent
 
         die_with_parent(parent_pid)
     if torch_threads > 0:
@@ -153,9 +144,8 @@ def process_one(job, out_root: str, relpath: str) -> Dict[str, Any]:
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - one bad image must not stop the run
-        from harl.masks.io import ImageReadError
 
-        msg = str(err) if isinstance(err, (ImageReadError, MissingMaskError)) else f"{type(err).__name__}: {err}"
+        msg = str(err) if isinstance(err, (ImageReadError, MissingSourceMaskError)) else f"{type(err).__name__}: {err}"
         return {"ok": False, "relpath": relpath, "error": " ".join(msg.split())}
 
 
@@ -598,7 +588,7 @@ def merge_manifests(out_root: str, count: Optional[int] = None) -> Dict[str, Any
 
 
 __all__ = [
-    "ImageGeneratorJob", "MetaMismatchError", "RunOptions", "RunSummary", "check_and_write_meta",
+    "ImageGeneratorJob", "RunOptions", "RunSummary", "check_and_write_meta",
     "fg_histogram", "format_histogram", "merge_manifests", "process_one", "read_all_journals",
     "read_failures", "read_journal", "read_manifest", "run_job", "summarize_rows",
 ]

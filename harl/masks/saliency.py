@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from harl.masks.registry import GeneratorSpec, param, register_generator
+from harl.masks.ops import count_components
 
 
 DEFAULT_SHORT_SIDE = 320
@@ -59,7 +60,7 @@ class SaliencyPredictor:
 
     def load(self):
         if self._model is None:
-            from harl.masks.saliency_model import load_saliency_model
+            from harl.masks.saliency_model import load_saliency_model  # lazy: imports torch
 
             self._model, obj = load_saliency_model(self.params.weights, self.params.checkpoint,
                                                    device=resolve_device(self.params.device))
@@ -69,14 +70,12 @@ class SaliencyPredictor:
 
     def probability(self, image: np.ndarray) -> np.ndarray:
         """H×W×3 uint8 → H×W float32 saliency p ∈ [0, 1]."""
-        from harl.masks.saliency_model import predict_probability
+        from harl.masks.saliency_model import predict_probability  # lazy: imports torch
 
         model = self.load()
         return predict_probability(model, image, self._short_side)
 
     def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
-        from harl.masks.ops import count_components
-
         mask = self.probability(image) > self.params.threshold
         return mask, {"n_segments": count_components(mask), "fallback": ""}
 
@@ -90,7 +89,7 @@ def build_saliency(params: SaliencyParams) -> SaliencyPredictor:
 
 def describe_saliency(params: SaliencyParams) -> Dict[str, Any]:
     """Facts for meta.json: which weights (sha256), which backbone and checkpoint."""
-    from harl.masks.saliency_model import file_sha256, read_head_file
+    from harl.masks.saliency_model import file_sha256, read_head_file  # lazy: imports torch
 
     obj = read_head_file(params.weights)
     ckpt = params.checkpoint or obj.get("checkpoint")

@@ -24,13 +24,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from harl.errors import SaliencyWeightsError
+
 HEAD_FORMAT = "harl-saliency-head/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class SaliencyWeightsError(ValueError):
-    """A head file is unreadable or does not match the backbone / checkpoint it is used with."""
 
 
 class SaliencyHead(nn.Module):
@@ -99,7 +97,7 @@ def to_normalized_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def build_backbone_for_head(name: str, kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
-    from harl.backbones import build_backbone
+    from harl.backbones import build_backbone  # lazy: imports torchvision
 
     backbone = build_backbone(name, **(kwargs or {}))
     if not hasattr(backbone, "forward_features"):
@@ -109,7 +107,7 @@ def build_backbone_for_head(name: str, kwargs: Optional[Dict[str, Any]] = None) 
 
 def load_backbone_checkpoint(checkpoint: str, backbone: nn.Module) -> nn.Module:
     """Strictly load ``backbone.*`` weights of a solo-learn style checkpoint (``harl.checkpoint``)."""
-    from harl.checkpoint import load_backbone
+    from harl.checkpoint import load_backbone  # lazy: imports lightning
 
     return load_backbone(checkpoint, backbone)
 
@@ -149,13 +147,13 @@ def load_saliency_model(weights: str, checkpoint: Optional[str] = None, device: 
                 f"(sha256 differs from {recorded[:12]}…)")
         load_backbone_checkpoint(ckpt, backbone)
     elif "backbone_state_dict" in obj:
-        from harl.checkpoint import strict_load
+        from harl.checkpoint import strict_load  # lazy: imports lightning
 
         strict_load(backbone, obj["backbone_state_dict"], source=f"saliency weights '{weights}'")
     else:
         raise SaliencyWeightsError(f"'{weights}' names no backbone checkpoint; pass --checkpoint")
     head = SaliencyHead(int(obj["num_features"]))
-    from harl.checkpoint import strict_load
+    from harl.checkpoint import strict_load  # lazy: imports lightning
 
     strict_load(head, obj["head"], source=f"saliency weights '{weights}'")
     model = SaliencyModel(backbone, head).to(device).eval()

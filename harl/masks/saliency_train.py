@@ -128,8 +128,8 @@ def resolve_backbone(cfg: SaliencyTrainConfig) -> Tuple[str, Dict[str, Any]]:
     if cfg.backbone:
         return cfg.backbone, dict(cfg.backbone_kwargs)
     if cfg.checkpoint:
-        from harl.checkpoint import read_run_config
-        from harl.eval.pretrained import architecture_from_run_config
+        from harl.checkpoint import read_run_config  # lazy: imports lightning
+        from harl.eval.pretrained import architecture_from_run_config  # lazy: imports lightning
 
         run_cfg = read_run_config(cfg.checkpoint)
         if run_cfg is not None and "backbone" in run_cfg and run_cfg.backbone.get("name"):
@@ -141,7 +141,7 @@ def resolve_backbone(cfg: SaliencyTrainConfig) -> Tuple[str, Dict[str, Any]]:
 
 def train_saliency_head(cfg: SaliencyTrainConfig) -> Dict[str, Any]:
     """Train the head; writes ``cfg.out`` (a head file, see :mod:`harl.masks.saliency_model`). Returns its ``train`` record."""
-    from harl.checkpoint import atomic_torch_save
+    from harl.checkpoint import atomic_torch_save  # lazy: imports lightning
 
     if cfg.crop > cfg.short_side:
         raise ValueError(f"train-saliency: crop ({cfg.crop}) must be <= short_side ({cfg.short_side})")

@@ -11,6 +11,7 @@ from harl.losses import barlow_twins_loss
 from harl.methods.base import BaseMethod
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_with_grad
+from harl.errors import ConfigError
 
 
 @METHODS.register("barlow_twins")
@@ -33,7 +34,6 @@ class BarlowTwins(BaseMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
 
         if cfg.num_large_crops != 2 or cfg.num_small_crops:
             raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "

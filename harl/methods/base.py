@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.backbones import build_backbone
+from harl.backbones import BACKBONES, build_backbone
+from harl.errors import ConfigError
 from harl.eval.knn import WeightedKNN
 from harl.optim import StepDecay, WarmupCosine, build_optimizer, cosine_increase, split_bias_and_norm
+from harl.registry import DATASETS, METHODS
 
 
 def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)) -> List[torch.Tensor]:
@@ -54,9 +56,6 @@ def narrowest_conv(module: nn.Module) -> int:
 
 def backbone_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """``backbone.kwargs`` with the CIFAR-stem default from the dataset table filled in."""
-    from harl.backbones import BACKBONES
-    from harl.data.registry import DATASETS
-
     kwargs = dict(OmegaConf.to_container(cfg.backbone.kwargs, resolve=True)) if cfg.backbone.kwargs else {}
     if cfg.backbone.name in BACKBONES and "cifar_stem" not in kwargs:
         spec = DATASETS.get(cfg.data.dataset) if cfg.data.dataset in DATASETS else None
@@ -70,10 +69,6 @@ def apply_backbone_overrides(cfg: DictConfig) -> DictConfig:
     Only for harl's torchvision ResNets (other backbones get the method's own error). Idempotent; a
     ``backbone.kwargs`` value that contradicts the method's option is a :class:`ConfigError`.
     """
-    from harl.backbones import BACKBONES
-    from harl.config import ConfigError
-    from harl.methods.registry import METHODS
-
     if cfg.method not in METHODS or cfg.backbone.name not in BACKBONES:
         return cfg
     over = METHODS.get(cfg.method).backbone_overrides(cfg.method_kwargs)
@@ -134,10 +129,14 @@ class BaseMethod(pl.LightningModule):
         return {}
 
     @classmethod
-    def check_cfg(cls, cfg: DictConfig) -> None:
-        """Method-specific checks beyond key validation (override and call super)."""
-        from harl.config import ConfigError
+    def apply_backbone_overrides(cls, cfg: DictConfig) -> DictConfig:
+        """:func:`apply_backbone_overrides` for a config of this method (what :mod:`harl.config` calls)."""
+        return apply_backbone_overrides(cfg)
 
+    @classmethod
+    def check_cfg(cls, cfg: DictConfig) -> None:
+        """Method-specific checks beyond key validation (override and call super); run by
+        :func:`harl.config.validate_cfg` at start-up and again by the constructor."""
         if cls.uses_masks:
             if not cfg.data.masks.enabled:
                 raise ConfigError(f"method '{cfg.method}' needs masks: set data.masks.enabled=true and data.masks.root")

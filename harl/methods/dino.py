@@ -13,6 +13,7 @@ from harl.losses import dino_loss
 from harl.methods.base import BaseMomentumMethod
 from harl.methods.registry import METHODS
 from harl.utils.distributed import is_distributed, world_size
+from harl.errors import ConfigError
 
 
 def teacher_temperature_at(epoch: int, warmup_temperature: float, temperature: float, warmup_epochs: int) -> float:
@@ -55,7 +56,6 @@ class DINO(BaseMomentumMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
 
         kw = cfg.method_kwargs
         if cfg.num_large_crops < 2:

@@ -51,6 +51,8 @@ from harl.methods.mocov2plus import MoCoV2Plus
 from harl.methods.registry import METHODS
 from harl.methods.simclr import SimCLR
 from harl.utils.distributed import gather_no_grad
+from harl.errors import ConfigError
+from harl.registry import close_match_hint
 
 __all__ = ["HAPiCL", "HAPiCLSimCLR", "HAPiCLMoCoV2Plus", "HAPiCLBYOL", "INSTANCE_LOSSES", "PIX_PAIRINGS",
            "HAPICL_MASK_MODES"]
@@ -100,8 +102,6 @@ class HAPiCL:
     @classmethod
     def check_cfg(cls, cfg: DictConfig) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
-        from harl.registry import close_match_hint
 
         kw = cfg.method_kwargs
         il = kw.get("instance_loss", cls.INSTANCE_LOSS)
@@ -146,7 +146,6 @@ class HAPiCL:
     # ------------------------------------------------------------------ init
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        from harl.config import ConfigError
 
         if not isinstance(self.backbone, SSLResNet):
             raise ConfigError(f"{cfg.method} needs a torchvision ResNet backbone (resnet18/34/50) for its c5 map, "

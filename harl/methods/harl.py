@@ -33,6 +33,8 @@ from harl.masks.grid import MASK_MODES, mask_to_grid
 from harl.methods.byol import BYOL
 from harl.methods.base import BaseMomentumMethod, apply_backbone_overrides
 from harl.methods.registry import METHODS
+from harl.errors import ConfigError
+from harl.registry import close_match_hint
 
 FEATURE_MAPS = ("c5", "c5_stride1", "c4", "c5_pixel_shuffle")
 GRANULARITIES = ("step", "epoch")
@@ -52,8 +54,6 @@ class HARL(BYOL):
     @classmethod
     def check_cfg(cls, cfg: DictConfig) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
-        from harl.registry import close_match_hint
 
         kw = cfg.method_kwargs
         for key, allowed in (("loss_type", LOSS_TYPES), ("alpha_mode", ALPHA_MODES), ("beta_mode", BETA_MODES),
@@ -84,7 +84,6 @@ class HARL(BYOL):
         # in place: the run config (args.json, checkpoint hyper-parameters) records what is built
         apply_backbone_overrides(cfg)
         super().__init__(cfg)
-        from harl.config import ConfigError
 
         kw = cfg.method_kwargs
         if kw.feature_map != "c5" and not isinstance(self.backbone, SSLResNet):

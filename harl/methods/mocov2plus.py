@@ -13,6 +13,8 @@ from harl.losses import moco_loss
 from harl.methods.base import BaseMomentumMethod
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_no_grad
+from harl.config import num_devices
+from harl.errors import ConfigError
 
 
 @METHODS.register("mocov2plus")
@@ -41,7 +43,6 @@ class MoCoV2Plus(BaseMomentumMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError, num_devices
 
         global_batch = int(cfg.optimizer.batch_size) * num_devices(cfg) * int(cfg.num_nodes)
         if int(cfg.method_kwargs.queue_size) % global_batch != 0:

@@ -12,6 +12,7 @@ from harl.losses import mocov3_loss
 from harl.methods.base import BaseMomentumMethod
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_no_grad, rank
+from harl.errors import ConfigError
 
 
 def _is_vit(backbone) -> bool:
@@ -49,7 +50,6 @@ class MoCoV3(BaseMomentumMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
 
         if cfg.num_large_crops != 2 or cfg.num_small_crops:
             raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "

@@ -1,5 +1,9 @@
-"""The ``METHODS`` registry: method name → LightningModule class."""
+"""The ``METHODS`` registry: method name → LightningModule class.
 
-from harl.registry import Registry
+The registry object lives in :mod:`harl.registry` (so that :mod:`harl.config` can look names up
+without importing this package); it imports :mod:`harl.methods` on its first lookup.
+"""
 
-METHODS = Registry("method")
+from harl.registry import METHODS
+
+__all__ = ["METHODS"]

@@ -13,6 +13,8 @@ from harl.losses import ressl_loss
 from harl.methods.base import BaseMomentumMethod
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_no_grad
+from harl.config import num_devices
+from harl.errors import ConfigError
 
 #: method_kwargs that solo-learn's shipped ReSSL recipes carry from an older schema, and the
 #: ``momentum`` keys they duplicate (harl reads the ``momentum`` block)
@@ -48,7 +50,6 @@ class ReSSL(BaseMomentumMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError, num_devices
 
         kw = cfg.method_kwargs
         if cfg.num_large_crops != 2 or cfg.num_small_crops:

@@ -65,6 +65,11 @@ from harl.methods.registry import METHODS
 from harl.methods.simclr import SimCLR
 from harl.registry import Registry, close_match_hint
 from harl.utils.distributed import gather_no_grad
+from harl.backbones import build_backbone
+from harl.checkpoint import backbone_state_dict, read_state_dict, strict_load
+from harl.data.loaders import dataset_stats
+from harl.errors import ConfigError
+from harl.eval.pretrained import infer_resnet_architecture, load_pretrained_backbone
 
 log = logging.getLogger("harl")
 
@@ -96,8 +101,6 @@ SGM_DEFAULT_KWARGS: Dict[str, Any] = {
 
 
 def _config_error(msg: str):
-    from harl.config import ConfigError
-
     return ConfigError(msg)
 
 
@@ -166,8 +169,6 @@ SALIENCY_SOURCES: Registry = Registry("SGM saliency source (sgm_saliency)")
 
 def _view_stats(cfg: DictConfig) -> List[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
     """(mean, std) of every view, in batch order (pipelines in order, ``num_crops`` each)."""
-    from harl.data.loaders import dataset_stats
-
     out = []
     for aug in cfg.augmentations:
         out += [dataset_stats(cfg.data.dataset, aug)] * int(aug.num_crops)
@@ -194,10 +195,6 @@ def load_frozen_backbone(path: str, backbone_name: Optional[str] = None,
     Returns:
         (backbone, (mean, std) it expects, or None when unknown).
     """
-    from harl.backbones import build_backbone
-    from harl.checkpoint import backbone_state_dict, read_state_dict, strict_load
-    from harl.eval.pretrained import infer_resnet_architecture, load_pretrained_backbone
-
     if not path or not os.path.isfile(str(path)):
         raise FileNotFoundError(f"method_kwargs.sgm_saliency_weights: file '{path}' does not exist")
     path = str(path)

@@ -11,6 +11,7 @@ from harl.heads import mlp
 from harl.losses import simsiam_loss
 from harl.methods.base import BaseMethod
 from harl.methods.registry import METHODS
+from harl.errors import ConfigError
 
 
 @METHODS.register("simsiam")
@@ -39,7 +40,6 @@ class SimSiam(BaseMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
 
         if cfg.num_large_crops != 2 or cfg.num_small_crops:
             raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from harl.methods.base import BaseMethod, accuracy_at_k
 from harl.methods.registry import METHODS
+from harl.errors import ConfigError
 
 
 @METHODS.register("supervised")
@@ -36,7 +37,6 @@ class Supervised(BaseMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError
 
         if not 0.0 <= float(cfg.method_kwargs.label_smoothing) < 1.0:
             raise ConfigError(f"method_kwargs.label_smoothing = {cfg.method_kwargs.label_smoothing!r} "

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harl.config import num_devices
+from harl.errors import ConfigError
 from harl.losses import nearest_neighbour
 from harl.utils.distributed import gather_no_grad
 
@@ -49,8 +51,6 @@ class SupportSet(nn.Module):
 
 def check_support_set(cfg) -> None:
     """Two large crops only, and ``queue_size`` a positive multiple of the global batch."""
-    from harl.config import ConfigError, num_devices
-
     if cfg.num_large_crops != 2 or cfg.num_small_crops:
         raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "
                           f"{cfg.num_large_crops} large and {cfg.num_small_crops} small")

@@ -14,6 +14,8 @@ from harl.losses import sinkhorn_knopp, swav_loss
 from harl.methods.base import BaseMethod
 from harl.methods.registry import METHODS
 from harl.utils.distributed import is_distributed, world_size
+from harl.config import num_devices
+from harl.errors import ConfigError
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -49,7 +51,6 @@ class SwAV(BaseMethod):
         self.projector = mlp([self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim])
         self.prototypes = PrototypeLayer(kw.proj_output_dim, kw.num_prototypes)  # unit-norm rows
         self.queue_size = int(kw.queue_size)
-        from harl.config import num_devices
 
         self.local_queue_size = self.queue_size // (num_devices(cfg) * int(cfg.num_nodes))
         self.register_buffer("queue", torch.zeros(self.num_large_crops, self.local_queue_size, kw.proj_output_dim))
@@ -58,7 +59,6 @@ class SwAV(BaseMethod):
     @classmethod
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
-        from harl.config import ConfigError, num_devices
 
         kw = cfg.method_kwargs
         devices = num_devices(cfg) * int(cfg.num_nodes)

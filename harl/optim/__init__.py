@@ -10,7 +10,7 @@ import torch
 from harl.optim.lars import LARS
 from harl.optim.param_groups import split_bias_and_norm
 from harl.optim.schedulers import StepDecay, WarmupCosine, cosine_increase, warmup_cosine_lr
-from harl.registry import Registry
+from harl.registry import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class OptimizerSpec:
     default_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
-OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+# OPTIMIZERS lives in harl.registry (harl.config looks names up there); this module fills it
 OPTIMIZERS.register("sgd", OptimizerSpec(torch.optim.SGD, {"momentum": 0.9, "nesterov": False, "dampening": 0.0}))
 OPTIMIZERS.register("lars", OptimizerSpec(LARS, {"momentum": 0.9, "eta": 1e-3, "clip_lr": False,
                                                  "exclude_bias_n_norm": False, "eps": 1e-8,

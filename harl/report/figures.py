@@ -194,7 +194,7 @@ def plot_views(run: PretrainRun, path: str, n_images: int = 4, max_views: int = 
     import torch
     from omegaconf import OmegaConf
 
-    from harl.data import build_pretrain_dataset, dataset_stats
+    from harl.data import build_pretrain_dataset, dataset_stats  # lazy: imports lightning, torch, torchvision
 
     cfg = OmegaConf.create(run.args)
     if data_path is not None:

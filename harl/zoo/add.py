@@ -13,8 +13,11 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from harl.zoo.manifest import (Manifest, ManifestError, ZooEntry, load_manifest, save_manifest, scrub_paths,
-                               validate_metrics)
+from harl.zoo.manifest import Manifest, ZooEntry, load_manifest, save_manifest, scrub_paths, validate_metrics
+from harl.errors import ManifestError
+from harl.registry import DATASETS
+from harl.utils.io import atomic_write_bytes
+from harl.zoo.readme import write_readme
 
 #: files kept in the repository must stay small (issue 7: fp16 resnet18 ≈ 23 MB)
 MAX_REPO_BYTES = 25_000_000
@@ -45,7 +48,7 @@ def read_config_file(path: str) -> Dict[str, Any]:
 
 def epochs_trained(checkpoint: str, config: Mapping[str, Any]) -> int:
     """Epochs completed: ``ep=<e>`` in the checkpoint name is the 0-based epoch → e + 1; else max_epochs."""
-    from harl.checkpoint import CKPT_RE
+    from harl.checkpoint import CKPT_RE  # lazy: imports lightning, torch
 
     m = CKPT_RE.search(os.path.basename(checkpoint))
     if m:
@@ -59,8 +62,6 @@ def input_spec(cfg: Mapping[str, Any], dataset: str) -> Tuple[int, List[float], 
     """(input side in px, RGB mean, RGB std) the backbone was trained with: the first pretraining
     pipeline's crop size and normalisation (its own ``mean``/``std`` if set, else the dataset's,
     else ImageNet's for an unregistered dataset)."""
-    from harl.data.registry import DATASETS, IMAGENET_MEAN, IMAGENET_STD
-
     augs = cfg.get("augmentations") or [{}]
     first = augs[0] if isinstance(augs, list) and augs else {}
     size = first.get("crop_size")
@@ -69,6 +70,8 @@ def input_spec(cfg: Mapping[str, Any], dataset: str) -> Tuple[int, List[float], 
     if dataset in DATASETS:
         mean, std = DATASETS.get(dataset).stats()
     else:
+        from harl.data.registry import IMAGENET_MEAN, IMAGENET_STD  # lazy: harl.data imports torch
+
         mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
     mean = first.get("mean") or mean
     std = first.get("std") or std
@@ -87,8 +90,7 @@ def add_entry(checkpoint: str, name: str, metrics: Mapping[str, Any], license: s
     ``max_repo_bytes``). Otherwise the file is written to ``staging_dir`` for upload and ``urls``
     (required) say where it will be hosted.
     """
-    from harl.zoo.readme import write_readme
-    from harl.zoo.weights import read_backbone_weights, safetensors_bytes
+    from harl.zoo.weights import read_backbone_weights, safetensors_bytes  # lazy: imports lightning, torch
 
     manifest: Manifest = load_manifest(manifest_path)
     if name in manifest and not force:
@@ -117,7 +119,6 @@ def add_entry(checkpoint: str, name: str, metrics: Mapping[str, Any], license: s
         out = os.path.join(manifest.root, rel)
     else:
         out = os.path.join(staging_dir or os.getcwd(), f"{name}.safetensors")
-    from harl.utils.io import atomic_write_bytes
 
     atomic_write_bytes(out, data)
     check = read_backbone_weights(out)  # the written file reads back as the same architecture

@@ -30,13 +30,11 @@ import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from harl.zoo.manifest import ZooEntry
+from harl.errors import ZooDownloadError
+from harl.version import __version__
 
 CACHE_ENV = "HARL_CACHE"
 CHUNK = 1 << 16
-
-
-class ZooDownloadError(RuntimeError):
-    """A zoo file could not be obtained (or failed verification) from any source."""
 
 
 class _TransferError(Exception):
@@ -121,8 +119,6 @@ def _describe(err: BaseException) -> str:
 
 def _fetch(url: str, part: str, size: Optional[int], progress: bool, timeout: float, desc: str) -> None:
     """Append the rest of ``url`` to ``part`` (resuming with Range when ``part`` has bytes)."""
-    from harl import __version__
-
     have = os.path.getsize(part) if os.path.exists(part) else 0
     if size is not None and have > size:
         os.remove(part)

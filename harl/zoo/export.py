@@ -30,8 +30,10 @@ import torch
 
 from harl.utils.io import atomic_torch_save, atomic_write_bytes
 from harl.registry import Registry
-from harl.zoo.models import UnsupportedExport, build_model
+from harl.zoo.models import build_model
+from harl.errors import UnsupportedExport
 from harl.zoo.weights import BackboneWeights, cast_state_dict, safetensors_bytes
+from harl.zoo.weights import build_harl_backbone
 
 
 @dataclass
@@ -130,8 +132,6 @@ def _write_detectron2(weights: BackboneWeights, out: str, dtype: Optional[str]) 
 
 
 def _write_safetensors(weights: BackboneWeights, out: str, dtype: Optional[str]) -> ExportResult:
-    from harl.zoo.weights import build_harl_backbone
-
     build_harl_backbone(weights)  # strict check before writing
     atomic_write_bytes(out, safetensors_bytes(weights, dtype))
     return ExportResult(out, "safetensors", sorted(weights.state_dict))

@@ -10,6 +10,9 @@ from typing import Any, Callable, List, Optional
 
 from torch import nn
 
+from harl.errors import ManifestError
+from harl.zoo.manifest import load_manifest
+
 
 def hub_model(name: str, pretrained: bool = True, format: Optional[str] = None, progress: bool = True,
               manifest: Optional[str] = None, cache_dir: Optional[str] = None, **kwargs: Any) -> nn.Module:
@@ -19,8 +22,7 @@ def hub_model(name: str, pretrained: bool = True, format: Optional[str] = None, 
     """
     if kwargs:
         raise TypeError(f"unexpected argument(s) for hub entry '{name}': {', '.join(sorted(kwargs))}")
-    from harl.zoo.manifest import load_manifest
-    from harl.zoo.models import load_backbone, random_backbone
+    from harl.zoo.models import load_backbone, random_backbone  # lazy: imports lightning
 
     m = load_manifest(manifest)
     entry = m.get(name)  # KeyError with the known entries
@@ -31,8 +33,6 @@ def hub_model(name: str, pretrained: bool = True, format: Optional[str] = None, 
 
 def entry_names(manifest: Optional[str] = None) -> List[str]:
     """Manifest entry names (empty when the manifest cannot be read)."""
-    from harl.zoo.manifest import ManifestError, load_manifest
-
     try:
         return load_manifest(manifest).names
     except ManifestError:

@@ -16,7 +16,7 @@ Flavours (``--from``):
 Every key of the checkpoint ends up in exactly one list of the :class:`ImportReport`: kept (backbone),
 dropped (with the reason) — and the rename rules that were applied are listed with counts. The kept
 keys are then loaded **strictly** into the rebuilt backbone: a renamed, missing, unexpected or
-mis-shaped key raises :class:`~harl.checkpoint.CheckpointMismatchError` naming it.
+mis-shaped key raises :class:`~harl.errors.CheckpointMismatchError` naming it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from harl.checkpoint import CheckpointMismatchError
+from harl.errors import CheckpointMismatchError
 from harl.registry import Registry
 from harl.zoo.weights import BackboneWeights, build_harl_backbone, infer_resnet_arch
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from harl.registry import close_match_hint
+from harl.errors import ManifestError
+from harl.utils.io import atomic_write_text
 
 MANIFEST_ENV = "HARL_ZOO_MANIFEST"
 SCHEMA_VERSION = 1
@@ -61,10 +63,6 @@ REQUIRED_METRICS = ("linear_top1", "knn_top1")
 HARDWARE_KEYS = ("device", "count", "hours")
 FORMATS = ("safetensors", "pth")
 DTYPES = ("float16", "bfloat16", "float32")
-
-
-class ManifestError(ValueError):
-    """The zoo manifest is missing, unreadable or does not follow the schema."""
 
 
 def repo_root() -> str:
@@ -382,8 +380,6 @@ def dump_manifest(manifest: Manifest) -> str:
 
 def save_manifest(manifest: Manifest) -> None:
     """Validate, then write the manifest atomically."""
-    from harl.utils.io import atomic_write_text
-
     text = dump_manifest(manifest)
     manifest_from_dict(manifest.to_dict(), manifest.path)  # never write an invalid manifest
     atomic_write_text(manifest.path, text)

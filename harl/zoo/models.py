@@ -28,13 +28,14 @@ from torch import nn
 from harl.checkpoint import strict_load
 from harl.registry import Registry
 from harl.zoo.weights import BackboneWeights, build_harl_backbone, read_backbone_weights
+from harl.errors import UnsupportedExport
+from harl.errors import ManifestError
+from harl.registry import close_match_hint
+from harl.zoo.download import fetch_entry
+from harl.zoo.manifest import load_manifest
 
 #: format name → builder(weights) returning an un-loaded model whose state dict keys match ``weights``
 MODEL_FORMATS: Registry[Callable[[BackboneWeights], nn.Module]] = Registry("model format")
-
-
-class UnsupportedExport(ValueError):
-    """The requested format cannot represent this architecture."""
 
 
 def _resnet_spec(name: str):
@@ -148,9 +149,6 @@ def resolve_weights(name_or_path: str, backbone: Optional[str] = None,
     """
     import os
 
-    from harl.zoo.download import fetch_entry
-    from harl.zoo.manifest import ManifestError, load_manifest
-
     if os.path.isfile(name_or_path):
         return read_backbone_weights(name_or_path, backbone, backbone_kwargs), None
     try:
@@ -158,8 +156,6 @@ def resolve_weights(name_or_path: str, backbone: Optional[str] = None,
     except ManifestError as err:
         raise FileNotFoundError(f"'{name_or_path}' is not a file, and the zoo manifest is unavailable: {err}") from err
     if name_or_path not in m:
-        from harl.registry import close_match_hint
-
         raise FileNotFoundError(
             f"'{name_or_path}' is neither a file nor a zoo entry in {m.path}"
             f"{close_match_hint(name_or_path, m.names)}; entries: {', '.join(m.names) or 'none'}")

@@ -6,6 +6,7 @@ import os
 from typing import List, Optional
 
 from harl.zoo.manifest import Manifest, ZooEntry, load_manifest
+from harl.utils.io import atomic_write_text
 
 README_NAME = "README.md"
 
@@ -101,8 +102,6 @@ def render_readme(manifest: Manifest) -> str:
 
 def write_readme(manifest: Manifest) -> str:
     """Regenerate the README beside ``manifest`` atomically; returns its path."""
-    from harl.utils.io import atomic_write_text
-
     path = readme_path(manifest)
     atomic_write_text(path, render_readme(manifest))
     return path

@@ -20,8 +20,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from harl.checkpoint import CheckpointMismatchError, read_run_config, strict_load
+from harl.checkpoint import read_run_config, strict_load
+from harl.errors import CheckpointMismatchError
 from harl.utils.io import atomic_write_bytes
+from harl.eval.pretrained import infer_resnet_architecture
+from harl.eval.pretrained import load_pretrained_backbone
 
 META_BACKBONE = "harl.backbone"
 META_KWARGS = "harl.backbone_kwargs"
@@ -61,7 +64,7 @@ class BackboneWeights:
 
 def build_harl_backbone(weights: BackboneWeights, load: bool = True) -> torch.nn.Module:
     """harl's own backbone module (``SSLResNet`` or the timm model) with the weights loaded strictly."""
-    from harl.backbones import build_backbone
+    from harl.backbones import build_backbone  # lazy: imports torchvision
 
     model = build_backbone(weights.backbone, **weights.kwargs)
     if load:
@@ -80,8 +83,6 @@ def infer_resnet_arch(sd: Mapping[str, torch.Tensor], source: str = "state dict"
     Uses :func:`harl.eval.pretrained.infer_resnet_architecture` (depth and block type from the
     ``layerN.i`` keys, ``width`` from ``conv1``, ``cifar_stem`` from its 3×3 kernel).
     """
-    from harl.eval.pretrained import infer_resnet_architecture
-
     name, kwargs = infer_resnet_architecture(dict(sd))
     if name is None:
         raise CheckpointMismatchError(
@@ -172,8 +173,6 @@ def read_backbone_weights(path: str, backbone: Optional[str] = None,
     :func:`save_safetensors` counts as explicit. A mismatch raises :class:`CheckpointMismatchError`
     naming every missing, unexpected and mis-shaped key.
     """
-    from harl.eval.pretrained import load_pretrained_backbone
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     name = backbone
