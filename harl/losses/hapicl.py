@@ -144,7 +144,7 @@ def pixel_contrastive_loss(P1: torch.Tensor, P2: torch.Tensor, m1_fg: torch.Tens
 
     ``skip_degenerate``: images with no positive or no negative pair are dropped entirely (from the
     mean and from variant B's denominator); if all are dropped the loss is 0 with a zero, finite
-    gradient. ``spatial_pos`` (B×N1×N2 bool, :func:`harl.masks.grid.spatial_positive_mask`) is ANDed
+    gradient. ``spatial_pos`` (B×N1×N2 bool, :func:`harl.ops.mask_grid.spatial_positive_mask`) is ANDed
     into Pos; Neg stays ¬Pos of the region rule, so far same-region pairs are ignored.
     The loss is symmetric: swapping (P₁, m₁) with (P₂, m₂) gives the same value.
 

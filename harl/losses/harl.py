@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from harl.masks.grid import gap_masked_pool, masked_mean_pool, pixel_shuffle_pool
+from harl.ops.mask_grid import gap_masked_pool, masked_mean_pool, pixel_shuffle_pool
 from harl.registry import check_choice
 
 __all__ = [
@@ -84,7 +84,7 @@ def pool_regions(feat: torch.Tensor, m_fg: Optional[torch.Tensor], m_bg: Optiona
 
     ``h_g = mean_hw F``; ``h_f``/``h_b`` use ``pooling``: ``masked_mean`` Σ(F⊙M)/(ΣM + eps),
     ``gap_masked`` Σ(F⊙M)/(hw), ``pixel_shuffle`` (masks at 2h×2w, see
-    :func:`harl.masks.grid.pixel_shuffle_pool`).
+    :func:`harl.ops.mask_grid.pixel_shuffle_pool`).
 
     Validity: pass ``valid_f``/``valid_b`` from :func:`region_validity` (empty in *either* view ⇒
     invalid, docs/methods/harl.md: Empty regions); if omitted, only this view's mask is checked (ΣM > 0).

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harl.backbones import build_backbone
-from harl.eval.knn import WeightedKNN
+from harl.methods.knn_monitor import WeightedKNN
 from harl.optim import StepDecay, WarmupCosine, build_optimizer, cosine_increase, split_bias_and_norm
 
 

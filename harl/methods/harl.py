@@ -29,7 +29,7 @@ from harl.losses.harl import (
     ALPHA_MODES, BETA_MODES, EMPTY_POLICIES, HYBRID_MODES, LOSS_TYPES, POOLINGS, alpha_schedule, beta_schedule,
     harl_branch_loss, harl_loss_weights, pool_regions, region_validity,
 )
-from harl.masks.grid import MASK_MODES, mask_to_grid
+from harl.ops.mask_grid import MASK_MODES, mask_to_grid
 from harl.methods.byol import BYOL
 from harl.methods.base import BaseMomentumMethod, apply_backbone_overrides
 from harl.methods.registry import METHODS
