@@ -1,4 +1,4 @@
-"""Gaussian low-pass / high-pass filters (harl.ops.filters; SGM's ``hp`` views and ``blur`` fill, docs/methods/sgm.md)."""
+"""harl.ops.filters: Gaussian low-pass / high-pass (SGM's ``hp`` views and ``blur`` fill, docs/methods/sgm.md)."""
 
 from __future__ import annotations
 

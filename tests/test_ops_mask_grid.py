@@ -1,4 +1,5 @@
-"""harl.ops.mask_grid: mask → feature grid, masked pooling, cell geometry (docs/augmentation.md, docs/methods/harl.md, docs/methods/hapicl.md).
+"""harl.ops.mask_grid: mask → feature grid, masked pooling, cell geometry (docs/augmentation.md,
+docs/methods/harl.md, docs/methods/hapicl.md).
 
 Every formula is checked against a naive Python loop or a hand computation.
 """
