@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from harl.backbones.registry import BACKBONES
-from harl.data.filters import highpass
-from harl.data.masking_ops import SGMMaskConfig, saliency_from_activation, sgm_mask_batch
+from harl.ops.filters import highpass
+from harl.ops.sgm_cells import saliency_from_activation
+from harl.ops.sgm_masking import SGMMaskConfig, sgm_mask_batch
 
 import harl.backbones.resnet  # noqa: F401  (registers resnet18)
 

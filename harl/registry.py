@@ -122,6 +122,20 @@ def check_choice(name: str, choices, kind: str) -> str:
     return name
 
 
+def pick(table, name: str, kind: str):
+    """``table[name]`` for a name that was validated once, at config time (``check_cfg``).
+
+    The hot-path form of :func:`check_choice`: per-step code pays one dict lookup and no
+    validation; a caller from outside that passes an unknown name still gets check_choice's
+    ValueError with its close-match hint.
+    """
+    try:
+        return table[name]
+    except KeyError:
+        check_choice(name, table, kind)
+        raise
+
+
 def lookup(table: Dict[str, Callable], name: str, kind: str):
     """Look ``name`` up in a plain dict with the same error style as :class:`Registry`."""
     if name not in table:

@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import Dataset
 
 from harl.backbones import build_backbone
-from harl.data.filters import HighPass
 from harl.eval import features as feats_mod
 from harl.eval.features import (
     extract_feature_maps,
@@ -18,6 +17,7 @@ from harl.eval.features import (
     load_feature_cache,
     save_feature_cache,
 )
+from harl.ops.filters import HighPass
 
 
 class ToyImages(Dataset):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from harl.eval.knn import knn_predict, topk_accuracy
 from harl.eval.knn_probe import knn_eval, knn_scores
 from harl.eval.pretrained import load_pretrained_backbone
+from harl.ops.knn import knn_predict, topk_accuracy
 from tests.test_eval_pretrained import shared_tiny_checkpoint
 
 

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from harl.eval.knn import topk_accuracy
 from harl.eval.linear import (ClassificationTask, ProbeModule, _loader, fit_probe, linear_probe, optimizer_cfg,
                               scheduler_cfg, seed_head)
 from harl.eval.linear_config import build_linear_cfg, parse_linear_cfg
 from harl.eval.runner import EvalContext
 from harl.eval.pretrained import load_pretrained_backbone
+from harl.ops.knn import topk_accuracy
 from tests.test_eval_pretrained import shared_tiny_checkpoint
 
 ARCH = {"backbone": "resnet18", "backbone_kwargs": {"width": 4, "cifar_stem": True}}

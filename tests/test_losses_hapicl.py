@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from harl.losses.hapicl import pixel_contrastive_loss, pixel_contrastive_loss_and_stats, pixel_pair_masks
-from harl.masks.grid import spatial_positive_mask
+from harl.ops.mask_grid import spatial_positive_mask
 
 E2 = math.exp(2.0)
 

@@ -10,7 +10,7 @@ from harl.losses import byol_loss
 from harl.losses.harl import (alpha_schedule, beta_schedule, cosine_coefficient, harl_branch_loss,
                               harl_loss_weights, harl_total_loss, pool_regions, region_validity,
                               weighted_byol_loss)
-from harl.masks.grid import mask_to_grid, masked_mean_pool
+from harl.ops.mask_grid import mask_to_grid, masked_mean_pool
 from harl.optim.schedulers import cosine_increase
 
 

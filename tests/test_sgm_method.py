@@ -2,7 +2,8 @@
 saliency sources, filters, reproducibility, degenerate saliency, checkpoints.
 
 The operators themselves (cell counts, focal masks, filters vs naive loops) are tested in
-tests/test_sgm_ops.py; here the methods that wire them together are checked.
+tests/test_ops_sgm_cells.py, tests/test_ops_sgm_masking.py and tests/test_ops_filters.py; here the
+methods that wire them together are checked.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import torch.nn.functional as F
 
 from harl.backbones import build_backbone
 from harl.checkpoint import load_backbone
-from harl.errors import CheckpointMismatchError
 from harl.config import parse_cfg
-from harl.errors import ConfigError
-from harl.data.filters import gaussian_blur, highpass
-from harl.data.masking_ops import saliency_from_activation
+from harl.errors import CheckpointMismatchError, ConfigError
 from harl.data.registry import IMAGENET_MEAN, IMAGENET_STD
 from harl.methods import METHODS
 from harl.methods.sgm import SGM_DEFAULT_KWARGS
+from harl.ops.filters import gaussian_blur, highpass
+from harl.ops.sgm_cells import saliency_from_activation
 from tests.conftest import scenes_cfg, tiny_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.log.*")

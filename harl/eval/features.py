@@ -16,7 +16,7 @@ Extraction: the backbone is put in eval mode (its previous mode is restored afte
 to ``device`` (default: CUDA when available, else CPU); inputs and, by default, the backbone use
 the channels_last layout; everything runs under ``torch.no_grad()`` (not ``inference_mode``:
 inference tensors could not be used to train a head afterwards). ``input_transform`` (e.g.
-:class:`harl.data.filters.HighPass`) is applied to each batch on the device, after the dataset's
+:class:`harl.ops.filters.HighPass`) is applied to each batch on the device, after the dataset's
 own transform (which normalises). A tqdm bar counts images.
 
 Cache: a ``.safetensors`` file (``feats``, ``targets``[, ``masks``] + the key as JSON metadata) or a

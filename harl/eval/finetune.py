@@ -248,7 +248,7 @@ class FinetuneModel(nn.Module):
     """``backbone`` (B×3×H×W → B×C) followed by a linear ``classifier`` (C → num_classes).
 
     State-dict keys are ``backbone.*`` and ``classifier.*`` (loadable by the harl loaders).
-    ``input_transform`` (e.g. :class:`harl.data.filters.HighPass`) is applied to the batch first;
+    ``input_transform`` (e.g. :class:`harl.ops.filters.HighPass`) is applied to the batch first;
     it has no parameters and is not part of the state dict.
     """
 
@@ -558,8 +558,7 @@ class FinetuneRunner:
             use = bool(info.get("highpass"))
         if not use:
             return None
-
-        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
+        from harl.ops.filters import HighPass
 
         return HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 

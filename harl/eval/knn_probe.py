@@ -2,7 +2,7 @@
 
 Train and val features are extracted once (validation transform, no augmentation; cached, see
 :mod:`harl.eval.features`), then every (k, T, distance) combination of the config's ``knn`` block
-is scored with :func:`harl.eval.knn.knn_predict` (weights exp(cos/T) for cosine, 1/(d + eps) for
+is scored with :func:`harl.ops.knn.knn_predict` (weights exp(cos/T) for cosine, 1/(d + eps) for
 euclidean; labels −1 are dropped from the bank). Scalars give one setting (defaults: k 20, T
 0.07, cosine); lists give a grid like ``main_knn``'s. Reported ``top1``/``top5`` are those of the
 best setting by top-1 **on the validation set** (an optimistic choice, as in ``main_knn``); every
@@ -19,11 +19,11 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from harl.checkpoint import atomic_write_text
-from harl.eval.knn import knn_predict, topk_accuracy
 from harl.eval.linear_config import knn_grid
 from harl.eval.runner import EVAL_MODES, EvalContext, build_datasets, evaluate
 from harl.eval.features import resolve_device
 from harl.eval.linear_config import build_linear_cfg
+from harl.ops.knn import knn_predict, topk_accuracy
 
 
 def knn_scores(train_feats: torch.Tensor, train_targets: torch.Tensor, val_feats: torch.Tensor,

@@ -325,8 +325,7 @@ def evaluate(cfg: Any, progress: Optional[bool] = None) -> Dict[str, Any]:
     def input_transform():
         if not apply_hp:
             return None
-
-        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
+        from harl.ops.filters import HighPass
 
         return HighPass(kernel, sigma)
 

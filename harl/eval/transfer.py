@@ -345,7 +345,7 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     std = list(std) if std is not None else (info.get("std") or list(d_std))
     in_tf = None
     if eval_highpass if eval_highpass is not None else bool(info.get("highpass")):
-        from harl.data.filters import HighPass  # lazy: harl.data imports torchvision
+        from harl.ops.filters import HighPass
 
         in_tf = HighPass(int(info.get("hp_kernel") or 11), float(info.get("hp_sigma") or 5.0))
 

@@ -1,7 +1,9 @@
 """HAPiCL's mask-split pixel-level contrastive loss (docs/methods/hapicl.md).
 
 Pure functions, no module state. Pairs are cells of the *same image* across its two views; the
-mask decides which pairs are positive (same region) and which are negative.
+mask decides which pairs are positive (same region) and which are negative. ``pix_variant`` and
+``pix_positives`` are validated once by the method's ``check_cfg``; here they are only looked up
+(:func:`harl.registry.pick`: an unknown name from outside still raises a ValueError).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from harl.registry import check_choice
+from harl.registry import pick
 
 __all__ = ["PIX_POSITIVES", "PIX_VARIANTS", "pixel_pair_masks", "pixel_contrastive_loss",
            "pixel_contrastive_loss_and_stats"]
@@ -53,12 +55,12 @@ def pixel_pair_masks(m1_fg: torch.Tensor, m2_fg: torch.Tensor,
     Returns:
         (Pos, Neg), each B×N1×N2 bool.
     """
-    check_choice(positives, PIX_POSITIVES, "pix_positives")
+    rule = pick(PIX_POSITIVES, positives, "pix_positives")
     f1 = _flat_binary(m1_fg, "m1_fg")
     f2 = _flat_binary(m2_fg, "m2_fg")
     if f1.shape[0] != f2.shape[0]:
         raise ValueError(f"m1_fg and m2_fg batch sizes differ: {f1.shape[0]} vs {f2.shape[0]}")
-    pos = PIX_POSITIVES[positives](f1[:, :, None], f2[:, None, :])
+    pos = rule(f1[:, :, None], f2[:, None, :])
     return pos, ~pos
 
 
@@ -88,8 +90,7 @@ def pixel_contrastive_loss_and_stats(
         (loss, stats) with stats ``frac_valid`` (fraction of images kept), ``n_valid``,
         ``pos_pair_frac`` (mean fraction of pairs that are positive), all detached 0-d tensors.
     """
-    variant = str(variant).upper()  # "a" and "A" name the same variant
-    check_choice(variant, PIX_VARIANTS, "pix_variant")
+    per_image_loss = pick(PIX_VARIANTS, str(variant).upper(), "pix_variant")  # "a" and "A" name the same variant
     if not temperature > 0:
         raise ValueError(f"pix_temperature must be > 0, got {temperature}")
     if P1.dim() != 3 or P2.dim() != 3 or P1.shape[:2] != P2.shape[:2]:
@@ -116,7 +117,7 @@ def pixel_contrastive_loss_and_stats(
             keep = ((pos_f.sum(dim=(1, 2)) > 0) & (neg_f.sum(dim=(1, 2)) > 0)).to(sim.dtype)
         else:
             keep = torch.ones_like(pos)
-        per_image = PIX_VARIANTS[variant](pos, neg, keep)
+        per_image = per_image_loss(pos, neg, keep)
         n_keep = keep.sum()
         loss = (per_image * keep).sum() / n_keep.clamp(min=1.0)
     stats = {
@@ -144,7 +145,7 @@ def pixel_contrastive_loss(P1: torch.Tensor, P2: torch.Tensor, m1_fg: torch.Tens
 
     ``skip_degenerate``: images with no positive or no negative pair are dropped entirely (from the
     mean and from variant B's denominator); if all are dropped the loss is 0 with a zero, finite
-    gradient. ``spatial_pos`` (B×N1×N2 bool, :func:`harl.masks.grid.spatial_positive_mask`) is ANDed
+    gradient. ``spatial_pos`` (B×N1×N2 bool, :func:`harl.ops.mask_grid.spatial_positive_mask`) is ANDed
     into Pos; Neg stays ¬Pos of the region rule, so far same-region pairs are ignored.
     The loss is symmetric: swapping (P₁, m₁) with (P₂, m₂) gives the same value.
 

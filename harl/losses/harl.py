@@ -8,6 +8,11 @@ of the map they pool)::
     r1 = pool_regions(F1, m1_fg, m1_bg, valid_f=valid_f, valid_b=valid_b)   # same for view 2
     L_f = harl_branch_loss(p_f1, p_f2, z_f1_target, z_f2_target, r1["w_f"])
     L = harl_total_loss(L_g, L_f, L_b, "hybrid", alpha_schedule(k, K, 0.7), beta_schedule(k, K, 0.7))
+
+Option names (``pooling``, ``empty_policy``, ``loss_type``, ``hybrid_mode``, ``alpha_mode``,
+``beta_mode``) are validated once, by the method's ``check_cfg`` at config time; here they are
+only looked up in their tables (:func:`harl.registry.pick`), so a training step does no
+validation, and an unknown name passed from outside still raises a ValueError with a hint.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from harl.masks.grid import gap_masked_pool, masked_mean_pool, pixel_shuffle_pool
-from harl.registry import check_choice
+from harl.ops.mask_grid import gap_masked_pool, masked_mean_pool, pixel_shuffle_pool
+from harl.registry import pick
 
 __all__ = [
     "POOLINGS", "EMPTY_POLICIES", "LOSS_TYPES", "HYBRID_MODES", "ALPHA_MODES", "BETA_MODES",
@@ -39,8 +44,21 @@ POOLINGS = {
     "pixel_shuffle": lambda feat, m, eps: pixel_shuffle_pool(feat, m, eps),
 }
 
-#: ``empty_mask_policy`` values (docs/methods/harl.md: Empty regions).
-EMPTY_POLICIES = ("exclude", "faithful")
+
+def _exclude_empty(h: torch.Tensor, h_g: torch.Tensor, valid: torch.Tensor):
+    """``exclude``: an invalid sample's region vector becomes ``h_g`` and its weight is 0."""
+    h = torch.where(valid[:, None], h, h_g)
+    return h, valid.to(h.dtype)
+
+
+def _keep_empty(h: torch.Tensor, h_g: torch.Tensor, valid: torch.Tensor):
+    """``faithful``: the pooled vector is kept and every weight is 1."""
+    return h, torch.ones_like(valid, dtype=h.dtype)
+
+
+#: ``empty_mask_policy`` → fn(h B×C, h_g B×C, valid B bool) → (h B×C, weights B)
+#: (docs/methods/harl.md: Empty regions).
+EMPTY_POLICIES = {"exclude": _exclude_empty, "faithful": _keep_empty}
 
 
 def _region_present(m: torch.Tensor) -> torch.Tensor:
@@ -61,18 +79,14 @@ def region_validity(m_view1: torch.Tensor, m_view2: torch.Tensor) -> torch.Tenso
     return _region_present(m_view1) & _region_present(m_view2)
 
 
-def _pool_one(feat, m, h_g, valid, pooling, eps, empty_policy):
-    h = POOLINGS[pooling](feat, m, eps)
+def _pool_one(feat, m, h_g, valid, pool, eps, policy):
+    h = pool(feat, m, eps)
     if valid is None:
         valid = _region_present(m)
     valid = valid.to(device=feat.device, dtype=torch.bool).reshape(-1)
     if valid.shape[0] != feat.shape[0]:
         raise ValueError(f"validity has {valid.shape[0]} entries for a batch of {feat.shape[0]}")
-    if empty_policy == "exclude":
-        h = torch.where(valid[:, None], h, h_g)
-        w = valid.to(h.dtype)
-    else:
-        w = torch.ones_like(valid, dtype=h.dtype)
+    h, w = policy(h, h_g, valid)
     return h, valid, w
 
 
@@ -84,7 +98,7 @@ def pool_regions(feat: torch.Tensor, m_fg: Optional[torch.Tensor], m_bg: Optiona
 
     ``h_g = mean_hw F``; ``h_f``/``h_b`` use ``pooling``: ``masked_mean`` Σ(F⊙M)/(ΣM + eps),
     ``gap_masked`` Σ(F⊙M)/(hw), ``pixel_shuffle`` (masks at 2h×2w, see
-    :func:`harl.masks.grid.pixel_shuffle_pool`).
+    :func:`harl.ops.mask_grid.pixel_shuffle_pool`).
 
     Validity: pass ``valid_f``/``valid_b`` from :func:`region_validity` (empty in *either* view ⇒
     invalid, docs/methods/harl.md: Empty regions); if omitted, only this view's mask is checked (ΣM > 0).
@@ -102,8 +116,8 @@ def pool_regions(feat: torch.Tensor, m_fg: Optional[torch.Tensor], m_bg: Optiona
         dict with ``h_g`` B×C, ``h_f``/``h_b`` B×C, ``valid_f``/``valid_b`` B bool and ``w_f``/``w_b``
         B float loss weights (region entries are None when its mask is None).
     """
-    check_choice(pooling, POOLINGS, "pooling")
-    check_choice(empty_policy, EMPTY_POLICIES, "empty_mask_policy")
+    pool = pick(POOLINGS, pooling, "pooling")
+    policy = pick(EMPTY_POLICIES, empty_policy, "empty_mask_policy")
     if feat.dim() != 4:
         raise ValueError(f"feature map must be B×C×h×w, got shape {tuple(feat.shape)}")
     h_g = feat.mean(dim=(2, 3))
@@ -113,7 +127,7 @@ def pool_regions(feat: torch.Tensor, m_fg: Optional[torch.Tensor], m_bg: Optiona
             out[f"h_{key}"] = out[f"valid_{key}"] = out[f"w_{key}"] = None
             continue
         out[f"h_{key}"], out[f"valid_{key}"], out[f"w_{key}"] = _pool_one(
-            feat, m, h_g, valid, pooling, eps, empty_policy)
+            feat, m, h_g, valid, pool, eps, policy)
     return out
 
 
@@ -197,18 +211,19 @@ def harl_loss_weights(loss_type: str, alpha: float, beta: float, mask_weight: fl
     Raises:
         ValueError: unknown ``loss_type`` / ``hybrid_mode`` (with a close-match hint).
     """
-    check_choice(loss_type, LOSS_TYPES, "loss_type")
-    check_choice(hybrid_mode, HYBRID_MODES, "hybrid_mode")
-    gamma = HYBRID_MODES[hybrid_mode](float(beta), float(mask_weight))
-    return LOSS_TYPES[loss_type](float(alpha), gamma)
+    branch_weights = pick(LOSS_TYPES, loss_type, "loss_type")
+    gamma = pick(HYBRID_MODES, hybrid_mode, "hybrid_mode")(float(beta), float(mask_weight))
+    return branch_weights(float(alpha), gamma)
 
 
 def harl_total_loss(L_g: Optional[torch.Tensor], L_f: Optional[torch.Tensor], L_b: Optional[torch.Tensor],
                     loss_type: str, alpha: float, beta: float, mask_weight: float = 0.5,
                     hybrid_mode: str = "cosine_decay_global") -> torch.Tensor:
-    """The HARL objective from the branch losses (see :func:`harl_loss_weights` for the table).
+    """The HARL objective ``Σ_k w_k·L_k`` from the branch losses; the one place it is assembled
+    (:class:`harl.methods.harl.HARL` calls it every step). Weights: :func:`harl_loss_weights`.
 
-    Branch losses the ``loss_type`` does not use may be None (e.g. L_b for ``byol_f``).
+    Terms are added in the order g, f, b. Branch losses the ``loss_type`` does not use may be None
+    (e.g. L_b for ``byol_f``); a needed one that is None is a ValueError.
 
     Returns:
         scalar.
@@ -268,8 +283,7 @@ def alpha_schedule(step: int, total: int, alpha_base: float, mode: str = "cosine
 
     (step, total) are optimizer steps or epochs: the caller picks the granularity.
     """
-    check_choice(mode, ALPHA_MODES, "alpha_mode")
-    return float(ALPHA_MODES[mode](step, total, float(alpha_base), epoch, max_epochs))
+    return float(pick(ALPHA_MODES, mode, "alpha_mode")(step, total, float(alpha_base), epoch, max_epochs))
 
 
 def beta_schedule(step: int, total: int, lambda_base: float, mode: str = "cosine",
@@ -279,5 +293,4 @@ def beta_schedule(step: int, total: int, lambda_base: float, mode: str = "cosine
     - ``cosine``: ``β_k = max(β_min, λ_base·c_k)``, decaying from λ_base to β_min.
     - ``fixed``: λ_base.
     """
-    check_choice(mode, BETA_MODES, "beta_mode")
-    return float(BETA_MODES[mode](step, total, float(lambda_base), float(beta_min)))
+    return float(pick(BETA_MODES, mode, "beta_mode")(step, total, float(lambda_base), float(beta_min)))

@@ -27,7 +27,7 @@ from torch import nn
 
 from harl.backbones import BACKBONES, build_backbone
 from harl.errors import ConfigError
-from harl.eval.knn import WeightedKNN
+from harl.methods.knn_monitor import WeightedKNN
 from harl.optim import StepDecay, WarmupCosine, build_optimizer, cosine_increase, split_bias_and_norm
 from harl.registry import DATASETS, METHODS
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List
 
 import torch
 
-from harl.heads import byol_mlp
+from harl.heads import BYOL_HEAD_KWARGS, byol_heads
 from harl.losses import byol_loss
 from harl.methods.base import BaseMomentumMethod
 from harl.methods.registry import METHODS
@@ -20,17 +19,11 @@ class BYOL(BaseMomentumMethod):
     Loss: Σ_{v1 < large crops} Σ_{v2 ≠ v1} 2 − 2·mean cos(p_{v2}, sg z′_{v1}).
     """
 
-    _DEFAULT_METHOD_KWARGS = {"proj_hidden_dim": 4096, "proj_output_dim": 256, "pred_hidden_dim": 4096,
-                              "proj_layers": 2}
+    _DEFAULT_METHOD_KWARGS = dict(BYOL_HEAD_KWARGS)
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        kw = cfg.method_kwargs
-        self.projector = byol_mlp(self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim, kw.proj_layers)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self.momentum_projector.parameters():
-            p.requires_grad = False
-        self.predictor = byol_mlp(kw.proj_output_dim, kw.pred_hidden_dim, kw.proj_output_dim)
+        self.projector, self.momentum_projector, self.predictor = byol_heads(self.features_dim, cfg.method_kwargs)
 
     @property
     def learnable_params(self) -> List[Dict[str, Any]]:

@@ -17,7 +17,7 @@ Per view v (two large crops, each with its joint mask and crop box)::
 and L_pix is :func:`harl.losses.hapicl.pixel_contrastive_loss` (pairs within an image across its two
 views; fg–fg (+ bg–bg) positives, fg–bg negatives, τ_x = 0.2, variant A or B, fp32 with autocast
 off). With ``pix_spatial`` a region positive must also be a spatial neighbour in the original
-image (PixPro's rule, :func:`harl.masks.grid.spatial_positive_mask`, on the crop boxes the data
+image (PixPro's rule, :func:`harl.ops.mask_grid.spatial_positive_mask`, on the crop boxes the data
 pipeline records, flips included).
 
 The public code's bugs (docs/methods/hapicl.md) are closed by construction: φ is in ``learnable_params`` and
@@ -44,12 +44,12 @@ from harl.backbones.resnet import SSLResNet
 from harl.heads import conv_mlp
 from harl.losses import byol_loss
 from harl.losses.hapicl import PIX_POSITIVES, PIX_VARIANTS, pixel_contrastive_loss_and_stats
-from harl.masks.grid import mask_to_grid, spatial_positive_mask
 from harl.methods.base import BaseMethod, BaseMomentumMethod
 from harl.methods.byol import BYOL
 from harl.methods.mocov2plus import MoCoV2Plus
 from harl.methods.registry import METHODS
 from harl.methods.simclr import SimCLR
+from harl.ops.mask_grid import mask_to_grid, spatial_positive_mask
 from harl.utils.distributed import gather_no_grad
 from harl.errors import ConfigError
 from harl.registry import close_match_hint

@@ -13,38 +13,43 @@ only with fg and bg with bg (docs/methods/harl.md)::
 
 α_k rises from α_base to 1 and β_k decays from λ_base to β_min on cosines over the optimizer
 steps. An empty region (in either view) is excluded from its branch rather than pooled to zero.
+
+HARL is a :class:`~harl.methods.base.BaseMomentumMethod` with BYOL's heads (built by
+:func:`harl.heads.byol_heads`, under BYOL's state-dict names) and its own training step; the
+objective is assembled by :func:`harl.losses.harl.harl_total_loss`.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig
 
 from harl.backbones.resnet import SSLResNet
-from harl.heads import byol_mlp
+from harl.heads import BYOL_HEAD_KWARGS, byol_heads, byol_mlp, momentum_copy
 from harl.losses.harl import (
     ALPHA_MODES, BETA_MODES, EMPTY_POLICIES, HYBRID_MODES, LOSS_TYPES, POOLINGS, alpha_schedule, beta_schedule,
-    harl_branch_loss, harl_loss_weights, pool_regions, region_validity,
+    harl_branch_loss, harl_loss_weights, harl_total_loss, pool_regions, region_validity,
 )
-from harl.masks.grid import MASK_MODES, mask_to_grid
-from harl.methods.byol import BYOL
 from harl.methods.base import BaseMomentumMethod, apply_backbone_overrides
 from harl.methods.registry import METHODS
 from harl.errors import ConfigError
 from harl.registry import close_match_hint
+from harl.ops.mask_grid import MASK_MODES, mask_to_grid
 
 FEATURE_MAPS = ("c5", "c5_stride1", "c4", "c5_pixel_shuffle")
 GRANULARITIES = ("step", "epoch")
 
 
 @METHODS.register("harl")
-class HARL(BYOL):
+class HARL(BaseMomentumMethod):
+    """BYOL's heads on the global, fg and bg pooling of each view's map; one shared projector and
+    predictor (a ``c4`` region map gets its own projector), the objective of docs/methods/harl.md."""
+
     uses_masks = True
     _DEFAULT_METHOD_KWARGS = {
-        "proj_hidden_dim": 4096, "proj_output_dim": 256, "proj_layers": 2, "pred_hidden_dim": 4096,
+        **BYOL_HEAD_KWARGS,
         "loss_type": "hybrid", "alpha_base": 0.7, "alpha_mode": "cosine", "lambda_base": 0.7,
         "beta_mode": "cosine", "beta_min": 0.0, "hybrid_mode": "cosine_decay_global", "mask_weight": 0.5,
         "schedule_granularity": "step", "feature_map": "c5", "c5_dilate": False, "pooling": "masked_mean",
@@ -86,6 +91,8 @@ class HARL(BYOL):
         super().__init__(cfg)
 
         kw = cfg.method_kwargs
+        # BYOL's g_θ, its EMA g_ξ and q_θ, under BYOL's names (old checkpoints load unchanged)
+        self.projector, self.momentum_projector, self.predictor = byol_heads(self.features_dim, kw)
         if kw.feature_map != "c5" and not isinstance(self.backbone, SSLResNet):
             raise ConfigError(f"method_kwargs.feature_map '{kw.feature_map}' needs a torchvision ResNet backbone")
         self.loss_type = str(kw.loss_type)
@@ -98,28 +105,35 @@ class HARL(BYOL):
         if self.feature_map == "c4":
             c4_dim = self.features_dim // 2
             self.region_projector = byol_mlp(c4_dim, kw.proj_hidden_dim, kw.proj_output_dim, kw.proj_layers)
-            self.momentum_region_projector = copy.deepcopy(self.region_projector)
-            for p in self.momentum_region_projector.parameters():
-                p.requires_grad = False
+            self.momentum_region_projector = momentum_copy(self.region_projector)
         self.alpha = float(kw.alpha_base)
         self.beta = float(kw.lambda_base)
 
     # ------------------------------------------------------------------ parameters
     @property
     def learnable_params(self) -> List[Dict[str, Any]]:
-        params = super().learnable_params
+        params = super().learnable_params + [
+            {"name": "projector", "params": self.projector.parameters()},
+            {"name": "predictor", "params": self.predictor.parameters()},
+        ]
         if self.region_projector is not None:
             params.append({"name": "region_projector", "params": self.region_projector.parameters()})
         return params
 
     @property
     def momentum_pairs(self):
-        pairs = super().momentum_pairs
+        pairs = super().momentum_pairs + [(self.projector, self.momentum_projector)]
         if self.region_projector is not None:
             pairs.append((self.region_projector, self.momentum_region_projector))
         return pairs
 
     # ------------------------------------------------------------------ forward
+    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """B×3×H×W → feats B×C, logits, z = g_θ(feats) and p = q_θ(z) (as BYOL's forward)."""
+        out = super().forward(X)
+        z = self.projector(out["feats"])
+        return {**out, "z": z, "p": self.predictor(z)}
+
     def _maps(self, backbone, X: torch.Tensor) -> Dict[str, torch.Tensor]:
         """c5 map (global branch) and the map the regions are pooled on."""
         x = self._prepare(X)
@@ -213,14 +227,15 @@ class HARL(BYOL):
         return {"losses": losses, "stats": stats}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        out = BaseMomentumMethod.training_step(self, batch, batch_idx)
+        out = super().training_step(batch, batch_idx)  # every crop, the EMA branch, the online classifiers
         masks = batch[3]["masks"]
         res = self.harl_losses(out, masks)
         sched = self.current_schedules()
         self.alpha, self.beta = sched["alpha"], sched["beta"]
         kw = self.method_kwargs
-        weights = harl_loss_weights(self.loss_type, self.alpha, self.beta, kw.mask_weight, kw.hybrid_mode)
-        loss = sum(w * res["losses"][k] for k, w in weights.items())
+        L = res["losses"]
+        loss = harl_total_loss(L.get("g"), L.get("f"), L.get("b"), self.loss_type, self.alpha, self.beta,
+                               kw.mask_weight, kw.hybrid_mode)
         log = {f"train_loss_{k}": v for k, v in res["losses"].items()}
         log.update({f"train_{k}": v for k, v in res["stats"].items()})
         log.update({"train_harl_loss": loss, "alpha": self.alpha, "beta": self.beta})

@@ -1,4 +1,5 @@
-"""harl.masks.grid: mask → feature grid, masked pooling, cell geometry (docs/augmentation.md, docs/methods/harl.md, docs/methods/hapicl.md).
+"""harl.ops.mask_grid: mask → feature grid, masked pooling, cell geometry (docs/augmentation.md,
+docs/methods/harl.md, docs/methods/hapicl.md).
 
 Every formula is checked against a naive Python loop or a hand computation.
 """
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harl.masks.grid import (cell_centers, gap_masked_pool, mask_to_grid, masked_mean_pool, pixel_shuffle_pool,
+from harl.ops.mask_grid import (cell_centers, gap_masked_pool, mask_to_grid, masked_mean_pool, pixel_shuffle_pool,
                              spatial_positive_mask)
 
 

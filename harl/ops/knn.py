@@ -1,7 +1,9 @@
-"""Weighted k-nearest-neighbour classification (the kNN monitor and ``harl-linear --knn``).
+"""Weighted k-nearest-neighbour classification: pure tensor functions.
 
-:func:`knn_predict` is a pure function; :class:`WeightedKNN` is a torchmetrics ``Metric`` that
-accumulates a train bank and test features (non-persistent states) and returns top-1/top-5.
+:func:`knn_predict` scores test features against a labelled bank and :func:`topk_accuracy` turns
+scores into top-k accuracies. Both the online kNN monitor of the methods
+(:class:`harl.methods.knn_monitor.WeightedKNN`) and the offline probe (``harl-linear --knn``,
+:mod:`harl.eval.knn_probe`) use them.
 
 Weights: cosine → exp(cos / T); euclidean → 1 / (distance + eps). The distance matrix is computed
 in chunks of at most ``max_distance_matrix_size`` entries.
@@ -13,7 +15,8 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
+
+__all__ = ["knn_predict", "topk_accuracy"]
 
 
 def knn_predict(train_features: torch.Tensor, train_targets: torch.Tensor, test_features: torch.Tensor,
@@ -66,43 +69,3 @@ def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, topk=(1, 5)) -> T
         pred = scores.topk(k, dim=1).indices
         out.append(float((pred == targets.view(-1, 1)).any(dim=1).float().sum() * 100.0 / n))
     return tuple(out)
-
-
-class WeightedKNN(Metric):
-    """Accumulates (train bank, test features) across steps; ``compute()`` → (top-1, top-5) in %."""
-
-    full_state_update = False
-
-    def __init__(self, k: int = 20, T: float = 0.07, distance_func: str = "euclidean",
-                 max_distance_matrix_size: int = int(5e6)):
-        super().__init__(dist_sync_on_step=False)
-        self.k, self.T, self.distance_func = k, T, distance_func
-        self.max_distance_matrix_size = max_distance_matrix_size
-        for name in ("train_features", "train_targets", "test_features", "test_targets"):
-            self.add_state(name, default=[], persistent=False)
-
-    def update(self, train_features=None, train_targets=None, test_features=None, test_targets=None):
-        if train_features is not None:
-            keep = train_targets != -1
-            self.train_features.append(train_features[keep].detach())
-            self.train_targets.append(train_targets[keep].detach())
-        if test_features is not None:
-            keep = test_targets != -1
-            self.test_features.append(test_features[keep].detach())
-            self.test_targets.append(test_targets[keep].detach())
-
-    @torch.no_grad()
-    def compute(self) -> Tuple[float, float]:
-        def cat(x):
-            if isinstance(x, torch.Tensor):
-                return x
-            return torch.cat(x) if len(x) else torch.empty(0)
-
-        train_f, train_t = cat(self.train_features), cat(self.train_targets)
-        test_f, test_t = cat(self.test_features), cat(self.test_targets)
-        if train_f.numel() == 0 or test_f.numel() == 0:
-            return float("nan"), float("nan")
-        num_classes = int(max(train_t.max(), test_t.max()) + 1)
-        scores = knn_predict(train_f, train_t.long(), test_f, num_classes, self.k, self.T,
-                             self.distance_func, self.max_distance_matrix_size)
-        return topk_accuracy(scores, test_t.long())

@@ -3,7 +3,8 @@ docs/methods/harl.md, docs/methods/hapicl.md).
 
 Pure tensor functions, no module state. Conventions: a full-resolution mask is B×1×S×S (uint8, bool
 or float; a pixel is fg ⇔ value > 0); a grid mask is float B×1×h×w; a feature map is B×C×h×w; flat
-grids are row-major (cell (r, c) is index r·w + c, as ``feat.flatten(2)``).
+grids are row-major (cell (r, c) is index r·w + c, as ``feat.flatten(2)``). ``mask_mode`` is
+validated once by the method's ``check_cfg``; here it is only looked up (:func:`harl.registry.pick`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from harl.registry import check_choice
+from harl.registry import pick
 
 __all__ = [
     "MASK_MODES",
@@ -68,7 +69,7 @@ def mask_to_grid(mask: torch.Tensor, size: Size, mode: str = "binary",
     Returns:
         (M_f, M_b), each float32 B×1×h×w on ``mask``'s device.
     """
-    check_choice(mode, MASK_MODES, "mask_mode")
+    rule = pick(MASK_MODES, mode, "mask_mode")
     if not 0.0 <= float(threshold) < 1.0:
         raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
     hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
@@ -76,7 +77,7 @@ def mask_to_grid(mask: torch.Tensor, size: Size, mode: str = "binary",
         raise ValueError(f"grid size must be a positive int or (h, w), got {size!r}")
     fg = (_as_b1hw(mask, "mask") > 0).to(torch.float32)
     a = F.adaptive_avg_pool2d(fg, hw)
-    return MASK_MODES[mode](a, float(threshold))
+    return rule(a, float(threshold))
 
 
 def _check_feat_mask(feat: torch.Tensor, m: torch.Tensor, scale: int = 1) -> torch.Tensor:
