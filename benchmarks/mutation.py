@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPY = ("harl", "tests", "pytest.ini")
 
 REF = "tests/test_method_reference.py"
+SOLO = "tests/test_solo_methods.py"
 #: test selections (pytest arguments), by the code they guard
 SEL: Dict[str, Tuple[str, ...]] = {
     "byol": (REF, "-k", "byol_step or ema or tau"),
@@ -44,6 +45,7 @@ SEL: Dict[str, Tuple[str, ...]] = {
     "sgm": (REF, "-k", "sgm"),
     "ddp": ("tests/test_ddp.py", "-k", "gathered"),
     "lr": (REF, "-k", "ema_and_lr"),
+    "wmse": (SOLO, "-k", "wmse"),
 }
 
 
@@ -226,6 +228,17 @@ MUTANTS: List[Mutant] = [
            "self.enqueue(torch.stack([gather_no_grad(k[0]), gather_no_grad(k[1])]))",
            "self.enqueue(torch.stack([gather_no_grad(k[1]), gather_no_grad(k[0])]))",
            "sgm", "SGM keys go into the other view's queue"),
+    # ---------------------------------------------------------------- W-MSE
+    Mutant("wmse_batch_not_shuffled", "harl/methods/wmse.py",
+           "perms = [torch.randperm(n, device=z[0].device) for _ in range(self.whitening_iters)]",
+           "perms = [torch.arange(n, device=z[0].device) for _ in range(self.whitening_iters)]",
+           "wmse", "W-MSE sub-batches are always the same consecutive samples"),
+    Mutant("wmse_whitened_on_the_whole_batch", "harl/losses/wmse.py",
+           "white[v][idx] = cholesky_whiten(z[idx], eps)", "white[v][idx] = cholesky_whiten(z, eps)[idx]",
+           "wmse", "W-MSE whitens the whole batch instead of each sub-batch"),
+    Mutant("wmse_one_whitening_iteration", "harl/methods/wmse.py",
+           "for _ in range(self.whitening_iters)]", "for _ in range(1)]",
+           "wmse", "W-MSE ignores whitening_iters"),
 ]
 
 #: mutants that are behaviour-preserving on purpose (controls): they must survive

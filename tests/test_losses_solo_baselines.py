@@ -216,3 +216,66 @@ def test_ressl_loss_naive():
         lse = math.log(sum(math.exp(x) for x in lq))
         total += -sum(pk[j] * (lq[j] - lse) for j in range(5))
     assert float(ressl_loss(q, k, queue, tq, tk)) == approx(total / 3)
+
+
+def _naive_cholesky_whiten(rows, eps=0.0):
+    """rows: list of N lists of D floats → whitened rows L⁻¹(x − μ), all in plain Python."""
+    n, d = len(rows), len(rows[0])
+    mu = [sum(r[j] for r in rows) / n for j in range(d)]
+    xc = [[r[j] - mu[j] for j in range(d)] for r in rows]
+    cov = [[(1 - eps) * sum(x[i] * x[j] for x in xc) / (n - 1) + (eps if i == j else 0.0) for j in range(d)]
+           for i in range(d)]
+    L = [[0.0] * d for _ in range(d)]  # Cholesky–Banachiewicz
+    for i in range(d):
+        for j in range(i + 1):
+            s = sum(L[i][k] * L[j][k] for k in range(j))
+            L[i][j] = math.sqrt(cov[i][i] - s) if i == j else (cov[i][j] - s) / L[j][j]
+    out = []
+    for x in xc:  # forward substitution: L w = x
+        w = [0.0] * d
+        for i in range(d):
+            w[i] = (x[i] - sum(L[i][k] * w[k] for k in range(i))) / L[i][i]
+        out.append(w)
+    return out
+
+
+def test_cholesky_whiten_naive_and_identity_covariance():
+    from harl.losses import cholesky_whiten
+
+    torch.manual_seed(4)
+    x = torch.randn(7, 3) @ torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.1, 0.0, 0.5]]) + 3
+    for eps in (0.0, 0.2):
+        want = torch.tensor(_naive_cholesky_whiten(x.tolist(), eps))
+        assert torch.allclose(cholesky_whiten(x, eps), want, atol=1e-4)
+    w = cholesky_whiten(x)
+    assert torch.allclose(torch.cov(w.T), torch.eye(3), atol=1e-4)
+
+
+def test_wmse_loss_naive_sub_batches_views_and_iterations():
+    from harl.losses import wmse_loss
+
+    torch.manual_seed(5)
+    n, d, size = 8, 2, 4
+    views = [torch.randn(n, d) for _ in range(3)]
+    perms = [torch.randperm(n), torch.randperm(n)]
+    total, count = 0.0, 0
+    for perm in perms:
+        white = [[None] * n for _ in views]
+        for start in range(0, n, size):
+            idx = [int(i) for i in perm[start:start + size]]
+            for v, z in enumerate(views):
+                for i, w in zip(idx, _naive_cholesky_whiten([z[i].tolist() for i in idx])):
+                    white[v][i] = w
+        for a in range(3):
+            for b in range(a + 1, 3):
+                terms = []
+                for i in range(n):
+                    na = math.sqrt(sum(x * x for x in white[a][i]))
+                    nb = math.sqrt(sum(x * x for x in white[b][i]))
+                    terms.append(sum((x / na - y / nb) ** 2 for x, y in zip(white[a][i], white[b][i])))
+                total += sum(terms) / n
+                count += 1
+    assert float(wmse_loss(views, perms, size)) == approx(total / count)
+    # another shuffle gives other sub-batches and another loss
+    assert float(wmse_loss(views, [torch.arange(n)], size)) != approx(float(wmse_loss(views, perms[:1], size)))
+

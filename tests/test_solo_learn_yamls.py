@@ -23,7 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SOLO_DIR = os.path.join(HERE, "data", "solo_learn_yamls")
 SOLO_YAMLS = sorted(glob.glob(os.path.join(SOLO_DIR, "*.yaml")))
-NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam", "ressl"]
+NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam", "ressl",
+               "wmse"]
 DATASETS = ["cifar", "imagenet-100", "imagenet", "fashion-scenes"]
 
 

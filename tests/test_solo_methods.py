@@ -40,6 +40,7 @@ KW = {
     "dino": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 20, "freeze_last_layer": 0,
              "student_temperature": 0.2, "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
              "warmup_teacher_temperature_epochs": 0},
+    "wmse": {"proj_hidden_dim": 32, "proj_output_dim": 3, "whitening_size": 4, "whitening_iters": 2},
 }
 NEW_METHODS = list(KW)
 TWO_CROPS = [{"crop_size": 32, "num_crops": 2}]
@@ -384,6 +385,48 @@ def test_dino_teacher_temperature_warmup_and_frozen_last_layer():
     model.on_before_optimizer_step(None)
     for p in model.backbone.parameters():
         assert float(p.grad.norm()) <= 1e-3 * (1 + 1e-4)
+
+
+def _whiten_ref(x):
+    xc = x - x.mean(0, keepdim=True)
+    chol = torch.linalg.cholesky(torch.cov(xc.T))
+    return xc @ torch.linalg.inv(chol).T
+
+
+def test_wmse_step_matches_reference_with_shuffled_sub_batches():
+    model = build("wmse")
+    batch = make_batch(14)
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.3.weight"]
+    torch.manual_seed(123)  # the step draws one permutation of the batch per whitening iteration
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    z = [model.projector(f) for f in feats]
+    torch.manual_seed(123)
+    terms = []
+    for _ in range(2):  # whitening_iters
+        perm = torch.randperm(B)
+        white = [torch.zeros_like(zz) for zz in z]
+        for idx in (perm[:4], perm[4:]):  # whitening_size 4
+            for v in range(2):
+                white[v] = white[v].index_put((idx,), _whiten_ref(z[v][idx]))
+        terms.append(((unit(white[0]) - unit(white[1])) ** 2).sum(1).mean())
+    ssl = sum(terms) / len(terms)
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
+
+
+def test_wmse_config_errors():
+    with pytest.raises(ConfigError, match="whitening_size .* must divide the per-device batch"):
+        build("wmse", whitening_size=16)
+    with pytest.raises(ConfigError, match="whitening_size .* must divide the per-device batch"):
+        build("wmse", whitening_size=3, proj_output_dim=2)
+    with pytest.raises(ConfigError, match="larger than proj_output_dim"):
+        build("wmse", proj_output_dim=4)
+    build("wmse", proj_output_dim=4, whitening_eps=0.1)
+    with pytest.raises(ConfigError, match="at least 2 large crops and no small crops"):
+        build("wmse", augmentations=MULTI_CROP)
+    with pytest.raises(ConfigError, match="whitening_iters"):
+        build("wmse", whitening_iters=0)
 
 
 # ----------------------------------------------------------------------------- ViT backbones
