@@ -46,6 +46,7 @@ SEL: Dict[str, Tuple[str, ...]] = {
     "ddp": ("tests/test_ddp.py", "-k", "gathered"),
     "lr": (REF, "-k", "ema_and_lr"),
     "wmse": (SOLO, "-k", "wmse"),
+    "vibcreg": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "vibcreg or iterative"),
 }
 
 
@@ -239,6 +240,21 @@ MUTANTS: List[Mutant] = [
     Mutant("wmse_one_whitening_iteration", "harl/methods/wmse.py",
            "for _ in range(self.whitening_iters)]", "for _ in range(1)]",
            "wmse", "W-MSE ignores whitening_iters"),
+    # ---------------------------------------------------------------- VIbCReg
+    Mutant("vibcreg_iternorm_dropped", "harl/methods/vibcreg.py",
+           "last = IterNorm(kw.proj_output_dim, self.ITERNORM_GROUPS, self.ITERNORM_T) if kw.iternorm else nn.Identity()",
+           "last = nn.Identity()",
+           "vibcreg", "VIbCReg's projector has no IterNorm"),
+    Mutant("vibcreg_covariance_not_normalised", "harl/losses/vibcreg.py",
+           "zn = F.normalize(z - z.mean(dim=0), p=2, dim=0)", "zn = z - z.mean(dim=0)",
+           "vibcreg", "VIbCReg's covariance term on centred but not normalised features (VICReg's)"),
+    Mutant("vibcreg_cov_weight_default", "harl/methods/vibcreg.py",
+           "self.cov_loss_weight = float(kw.cov_loss_weight)",
+           'self.cov_loss_weight = float(self._DEFAULT_METHOD_KWARGS["cov_loss_weight"])',
+           "vibcreg", "VIbCReg reads the default covariance weight instead of the configured one"),
+    Mutant("iternorm_eval_batch_statistics", "harl/heads/iternorm.py",
+           "if self.training:", "if True:",
+           "vibcreg", "IterNorm whitens with the batch's statistics in evaluation too"),
 ]
 
 #: mutants that are behaviour-preserving on purpose (controls): they must survive

@@ -279,3 +279,71 @@ def test_wmse_loss_naive_sub_batches_views_and_iterations():
     # another shuffle gives other sub-batches and another loss
     assert float(wmse_loss(views, [torch.arange(n)], size)) != approx(float(wmse_loss(views, perms[:1], size)))
 
+
+def test_vibcreg_terms_naive():
+    from harl.losses import vibcreg_loss, vibcreg_terms
+
+    torch.manual_seed(6)
+    n, d = 6, 4
+    z1, z2 = torch.randn(n, d) * 2 + 1, torch.randn(n, d)
+    sim = sum(float(z1[b, j] - z2[b, j]) ** 2 for b in range(n) for j in range(d)) / (n * d)
+    var, cov = 0.0, 0.0
+    for z in (z1, z2):
+        cols = [_col(z, j) for j in range(d)]
+        var += _mean([max(0.0, 1 - math.sqrt(_var(c, unbiased=True) + 1e-4)) for c in cols])
+        cen = [[x - _mean(c) for x in c] for c in cols]
+        nrm = [[x / math.sqrt(sum(y * y for y in c)) for x in c] for c in cen]
+        off = [sum(a * b for a, b in zip(nrm[i], nrm[j])) ** 2 for i in range(d) for j in range(d) if i != j]
+        cov += _mean(off)
+    s, v, c = vibcreg_terms(z1, z2)
+    assert (float(s), float(v), float(c)) == (approx(sim), approx(var), approx(cov))
+    assert float(vibcreg_loss(z1, z2, 2.0, 3.0, 5.0)) == approx(2 * sim + 3 * var + 5 * cov)
+
+
+def _mm(a, b):
+    return [[sum(a[i][k] * b[k][j] for k in range(len(b))) for j in range(len(b[0]))] for i in range(len(a))]
+
+
+def test_iterative_whitening_naive_and_nearly_white():
+    from harl.heads.iternorm import IterNorm, iterative_whitening, iternorm_groups
+
+    assert iternorm_groups(2048, 64) == (64, 32) and iternorm_groups(16, 64) == (16, 1)
+    assert iternorm_groups(24, 5) == (12, 2) and iternorm_groups(10, 4) == (10, 1)
+    torch.manual_seed(7)
+    n, d, groups, T, eps = 9, 6, 2, 5, 1e-5
+    x = torch.randn(n, d) @ torch.randn(d, d) + 2
+    out, mean, wm = iterative_whitening(x, groups, T, eps)
+    c = d // groups
+    want = [[0.0] * d for _ in range(n)]
+    for g in range(groups):
+        ch = list(range(g * c, (g + 1) * c))
+        cols = [_col(x, j) for j in ch]
+        cen = [[v - _mean(col) for v in col] for col in cols]  # c lists of n
+        sigma = [[sum(a * b for a, b in zip(cen[i], cen[j])) / n + (eps if i == j else 0.0) for j in range(c)]
+                 for i in range(c)]
+        tr = sum(sigma[i][i] for i in range(c))
+        sn = [[v / tr for v in row] for row in sigma]
+        p = [[1.0 if i == j else 0.0 for j in range(c)] for i in range(c)]
+        for _ in range(T):
+            p3s = _mm(_mm(_mm(p, p), p), sn)
+            p = [[1.5 * p[i][j] - 0.5 * p3s[i][j] for j in range(c)] for i in range(c)]
+        w = [[v / math.sqrt(tr) for v in row] for row in p]
+        res = _mm(w, cen)  # c×n
+        for i, j in enumerate(ch):
+            for b in range(n):
+                want[b][j] = res[i][b]
+    assert torch.allclose(out, torch.tensor(want), atol=1e-4)
+    # one channel per group: Σ_N = 1 keeps P = 1, i.e. plain standardisation (biased variance)
+    single, _, _ = iterative_whitening(x, d, T, eps)
+    assert torch.allclose(single, (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps), atol=1e-5)
+    # the layer: batch statistics in training (running ones updated), running statistics in evaluation
+    layer = IterNorm(d, groups, T, eps, momentum=0.25)
+    with torch.no_grad():
+        layer.weight.fill_(2.0), layer.bias.fill_(0.5)
+    assert torch.allclose(layer(x), 2 * out + 0.5, atol=1e-5)
+    assert torch.allclose(layer.running_mean, 0.25 * mean, atol=1e-6)
+    assert torch.allclose(layer.running_wm, 0.75 * torch.eye(c) + 0.25 * wm, atol=1e-6)
+    layer.eval()
+    y = torch.randn(4, d)
+    xc = y.T.reshape(groups, c, 4) - layer.running_mean
+    assert torch.allclose(layer(y), 2 * (layer.running_wm @ xc).reshape(d, 4).T + 0.5, atol=1e-5)

@@ -24,7 +24,7 @@ REPO = os.path.dirname(HERE)
 SOLO_DIR = os.path.join(HERE, "data", "solo_learn_yamls")
 SOLO_YAMLS = sorted(glob.glob(os.path.join(SOLO_DIR, "*.yaml")))
 NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam", "ressl",
-               "wmse"]
+               "wmse", "vibcreg"]
 DATASETS = ["cifar", "imagenet-100", "imagenet", "fashion-scenes"]
 
 

@@ -40,6 +40,8 @@ KW = {
     "dino": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 20, "freeze_last_layer": 0,
              "student_temperature": 0.2, "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
              "warmup_teacher_temperature_epochs": 0},
+    "vibcreg": {"proj_hidden_dim": 32, "proj_output_dim": 128, "sim_loss_weight": 20.0, "var_loss_weight": 15.0,
+                "cov_loss_weight": 50.0},
     "wmse": {"proj_hidden_dim": 32, "proj_output_dim": 3, "whitening_size": 4, "whitening_iters": 2},
 }
 NEW_METHODS = list(KW)
@@ -387,6 +389,53 @@ def test_dino_teacher_temperature_warmup_and_frozen_last_layer():
         assert float(p.grad.norm()) <= 1e-3 * (1 + 1e-4)
 
 
+def _iternorm_ref(x, channels, T=5, eps=1e-5):
+    """Group-wise Newton whitening of N×D x, groups of ``channels`` consecutive channels."""
+    n, d = x.shape
+    out = []
+    for start in range(0, d, channels):
+        xc = (x[:, start:start + channels] - x[:, start:start + channels].mean(0)).T  # c×N
+        sigma = xc @ xc.T / n + eps * torch.eye(channels)
+        tr = torch.trace(sigma)
+        p = torch.eye(channels)
+        for _ in range(T):
+            p = 1.5 * p - 0.5 * p @ p @ p @ (sigma / tr)
+        out.append((p / tr.sqrt() @ xc).T)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("iternorm", [True, False])
+def test_vibcreg_step_matches_reference(iternorm):
+    model = build("vibcreg", iternorm=iternorm)
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.6.weight"]
+    if iternorm:
+        with torch.no_grad():
+            model.projector[7].weight.uniform_(0.5, 1.5), model.projector[7].bias.uniform_(-0.5, 0.5)
+        names.append("projector.7.weight")
+    else:
+        assert isinstance(model.projector[7], torch.nn.Identity)
+    batch = make_batch(15)
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    h = [model.projector[:7](f) for f in feats]
+    if iternorm:  # 128 channels in 64 groups of 2
+        it = model.projector[7]
+        z = [_iternorm_ref(x, 2) * it.weight + it.bias for x in h]
+    else:
+        z = h
+    inv = ((z[0] - z[1]) ** 2).mean()
+    var = sum(torch.clamp(1 - torch.sqrt(torch.var(x, dim=0) + 1e-4), min=0).mean() for x in z)
+    cov = 0
+    for x in z:
+        corr = torch.corrcoef(x.T)  # the correlation matrix
+        d = corr.shape[0]
+        cov = cov + (corr.pow(2).sum() - corr.diagonal().pow(2).sum()) / (d * (d - 1))
+    ssl = 20.0 * inv + 15.0 * var + 50.0 * cov
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
+    assert any(isinstance(m, torch.nn.GELU) for m in model.projector)
+
+
 def _whiten_ref(x):
     xc = x - x.mean(0, keepdim=True)
     chol = torch.linalg.cholesky(torch.cov(xc.T))
@@ -464,7 +513,7 @@ def test_registered_and_misspelt_kwarg_names_the_right_one(method):
 
 
 @pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3", "nnclr", "nnbyol", "nnsiam",
-                                    "ressl"])
+                                    "ressl", "vibcreg"])
 def test_two_crop_methods_refuse_multicrop(method):
     with pytest.raises(ConfigError, match="exactly 2 large crops"):
         build(method, augmentations=MULTI_CROP)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pretrain wmse on CIFAR-10 with its published recipe. Extra arguments are Hydra overrides, e.g.
+# Pretrain wmse on CIFAR-10 with the recipe next to this script (its header says where each value comes from). Extra arguments are Hydra overrides, e.g.
 #   bash scripts/pretrain/cifar/wmse.sh data.dataset=cifar100 max_epochs=400 devices=[0,1]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
