@@ -47,6 +47,8 @@ SEL: Dict[str, Tuple[str, ...]] = {
     "lr": (REF, "-k", "ema_and_lr"),
     "wmse": (SOLO, "-k", "wmse"),
     "vibcreg": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "vibcreg or iterative"),
+    "supcon": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "supcon"),
+    "supcon_ddp": ("tests/test_supcon_ddp.py",),
 }
 
 
@@ -255,6 +257,25 @@ MUTANTS: List[Mutant] = [
     Mutant("iternorm_eval_batch_statistics", "harl/heads/iternorm.py",
            "if self.training:", "if True:",
            "vibcreg", "IterNorm whitens with the batch's statistics in evaluation too"),
+    # ---------------------------------------------------------------- SupCon
+    Mutant("supcon_positives_by_sample_index", "harl/methods/supcon.py",
+           'labels = targets.repeat(len(out["z"]))', 'labels = batch[0].repeat(len(out["z"]))',
+           "supcon", "SupCon's positives are the image's own views only (SimCLR)"),
+    Mutant("supcon_small_crops_dropped", "harl/methods/supcon.py",
+           'z = torch.cat(out["z"])', 'z = torch.cat(out["z"][: self.num_large_crops])',
+           "supcon", "SupCon leaves the multi-crop small crops out"),
+    Mutant("supcon_temperature_default", "harl/methods/supcon.py",
+           "self.temperature = float(kw.temperature)",
+           'self.temperature = float(self._DEFAULT_METHOD_KWARGS["temperature"])',
+           "supcon", "SupCon reads the default temperature instead of the configured one"),
+    Mutant("supcon_self_mask_offset_zero", "harl/methods/supcon.py",
+           "offset=rank() * z.shape[0])", "offset=0)",
+           "supcon_ddp", "SupCon on rank > 0 masks the wrong rows as 'self'"),
+    Mutant("supcon_positives_not_gathered", "harl/methods/supcon.py",
+           "loss = supcon_loss(z, labels, self.temperature, gather_with_grad(z), gather_no_grad(labels),\n"
+           "                           offset=rank() * z.shape[0])",
+           "loss = supcon_loss(z, labels, self.temperature)",
+           "supcon_ddp", "SupCon's positives and negatives stay local to each process"),
 ]
 
 #: mutants that are behaviour-preserving on purpose (controls): they must survive

@@ -347,3 +347,27 @@ def test_iterative_whitening_naive_and_nearly_white():
     y = torch.randn(4, d)
     xc = y.T.reshape(groups, c, 4) - layer.running_mean
     assert torch.allclose(layer(y), 2 * (layer.running_wm @ xc).reshape(d, 4).T + 0.5, atol=1e-5)
+
+
+def test_supcon_loss_naive_local_and_gathered():
+    from harl.losses import supcon_loss
+
+    torch.manual_seed(8)
+    m, d, T = 10, 5, 0.3
+    z_all = torch.randn(m, d)
+    labels_all = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 1, 3])
+    labels_all[9] = 1  # every anchor has a positive
+    unit_rows = [[float(v) for v in (r / r.norm())] for r in z_all]
+
+    def anchor_loss(i):
+        sims = [sum(a * b for a, b in zip(unit_rows[i], unit_rows[j])) / T for j in range(m)]
+        denom = sum(math.exp(sims[a]) for a in range(m) if a != i)
+        pos = [p for p in range(m) if p != i and labels_all[p] == labels_all[i]]
+        return -sum(math.log(math.exp(sims[p]) / denom) for p in pos) / len(pos)
+
+    assert float(supcon_loss(z_all, labels_all, T)) == approx(_mean([anchor_loss(i) for i in range(m)]))
+    # rows 4..7 are this process's block of the gathered batch
+    local = supcon_loss(z_all[4:8], labels_all[4:8], T, z_all, labels_all, offset=4)
+    assert float(local) == approx(_mean([anchor_loss(i) for i in range(4, 8)]))
+    with pytest.raises(ValueError, match="no positive"):
+        supcon_loss(z_all[:3], torch.tensor([0, 1, 2]), T)

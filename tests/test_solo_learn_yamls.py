@@ -24,7 +24,7 @@ REPO = os.path.dirname(HERE)
 SOLO_DIR = os.path.join(HERE, "data", "solo_learn_yamls")
 SOLO_YAMLS = sorted(glob.glob(os.path.join(SOLO_DIR, "*.yaml")))
 NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam", "ressl",
-               "wmse", "vibcreg"]
+               "wmse", "vibcreg", "supcon"]
 DATASETS = ["cifar", "imagenet-100", "imagenet", "fashion-scenes"]
 
 
@@ -99,7 +99,7 @@ def test_new_method_pretrains_end_to_end(method, scenes_root, tmp_path):
     from tests.test_solo_methods import KW
 
     augs = [{"crop_size": 32, "num_crops": 2}]
-    if method in ("swav", "dino"):
+    if method in ("swav", "dino", "supcon"):
         augs.append({"crop_size": 16, "num_crops": 2})
     cfg = scenes_cfg(method, scenes_root, str(tmp_path / "ckpt"), max_epochs=1, method_kwargs=dict(KW[method]),
                      augmentations=augs, limit_train_batches=3, limit_val_batches=1)

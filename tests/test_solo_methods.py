@@ -42,6 +42,7 @@ KW = {
              "warmup_teacher_temperature_epochs": 0},
     "vibcreg": {"proj_hidden_dim": 32, "proj_output_dim": 128, "sim_loss_weight": 20.0, "var_loss_weight": 15.0,
                 "cov_loss_weight": 50.0},
+    "supcon": {"proj_hidden_dim": 32, "proj_output_dim": 16, "temperature": 0.3},
     "wmse": {"proj_hidden_dim": 32, "proj_output_dim": 3, "whitening_size": 4, "whitening_iters": 2},
 }
 NEW_METHODS = list(KW)
@@ -387,6 +388,44 @@ def test_dino_teacher_temperature_warmup_and_frozen_last_layer():
     model.on_before_optimizer_step(None)
     for p in model.backbone.parameters():
         assert float(p.grad.norm()) <= 1e-3 * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("augs", ["two", "multi"])
+def test_supcon_step_matches_reference_with_label_positives(augs):
+    model = build("supcon", augmentations=MULTI_CROP if augs == "multi" else TWO_CROPS)
+    batch = make_batch(16, sizes=(32, 32, 16, 16) if augs == "multi" else (32, 32))
+    batch[2] = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0])  # several images per class
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.2.weight"]
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    z = unit(torch.cat([model.projector(f) for f in feats]))
+    labels = batch[2].repeat(len(feats))
+    n = z.shape[0]
+    terms = []
+    for i in range(n):
+        others = [a for a in range(n) if a != i]
+        log_denom = torch.logsumexp(z[i] @ z[others].T / 0.3, dim=0)
+        pos = [p for p in others if labels[p] == labels[i]]
+        terms.append(-torch.stack([z[i] @ z[p] / 0.3 - log_denom for p in pos]).mean())
+    ssl = torch.stack(terms).mean()
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats[:2], batch[2]), names))
+    # with labels the loss is not SimCLR's (positives = own views only)
+    own = unit(torch.cat([model.projector(f) for f in feats])).detach()
+    idx = torch.arange(B).repeat(len(feats))
+    assert abs(float(ssl.detach()) - float(torch.stack([
+        -torch.stack([own[i] @ own[p] / 0.3 - torch.logsumexp(own[i] @ own[[a for a in range(n) if a != i]].T / 0.3, 0)
+                      for p in range(n) if p != i and idx[p] == idx[i]]).mean() for i in range(n)]).mean())) > 1e-3
+
+
+def test_supcon_needs_labels():
+    with pytest.raises(ConfigError, match="needs labels"):
+        parse_cfg(tiny_cfg("supcon", method_kwargs=KW["supcon"], data={"dataset": "cifar10", "no_labels": True}))
+    model = build("supcon")
+    batch = make_batch(17)
+    batch[2][3] = -1
+    with pytest.raises(ValueError, match="needs a label for every sample"):
+        model.training_step(batch, 0)
 
 
 def _iternorm_ref(x, channels, T=5, eps=1e-5):
