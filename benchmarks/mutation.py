@@ -49,6 +49,7 @@ SEL: Dict[str, Tuple[str, ...]] = {
     "vibcreg": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "vibcreg or iterative"),
     "supcon": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "supcon"),
     "supcon_ddp": ("tests/test_supcon_ddp.py",),
+    "deepclusterv2": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "deepclusterv2 or kmeans"),
 }
 
 
@@ -276,6 +277,25 @@ MUTANTS: List[Mutant] = [
            "                           offset=rank() * z.shape[0])",
            "loss = supcon_loss(z, labels, self.temperature)",
            "supcon_ddp", "SupCon's positives and negatives stay local to each process"),
+    # ---------------------------------------------------------------- DeepClusterV2
+    Mutant("deepclusterv2_one_bank_for_every_set", "harl/methods/deepclusterv2.py",
+           "crop = (crop + 1) % self.num_large_crops", "crop = 0",
+           "deepclusterv2", "every prototype set clusters the first crop's bank"),
+    Mutant("deepclusterv2_small_crops_not_trained", "harl/methods/deepclusterv2.py",
+           'scores = [[proto(z) for z in out["z"]] for proto in self.prototypes]',
+           'scores = [[proto(z) for z in out["z"][: self.num_large_crops]] for proto in self.prototypes]',
+           "deepclusterv2", "the small crops do not predict the assignments"),
+    Mutant("deepclusterv2_bank_rows_overwritten", "harl/methods/deepclusterv2.py",
+           "start, n = batch_idx * indexes.shape[0], indexes.shape[0]", "start, n = 0, indexes.shape[0]",
+           "deepclusterv2", "every batch overwrites the first rows of the memory bank"),
+    Mutant("deepclusterv2_centroids_not_copied", "harl/methods/deepclusterv2.py",
+           "self.prototypes[h].weight.copy_(centroids.to(self.prototypes[h].weight.dtype))",
+           "centroids = centroids",
+           "deepclusterv2", "the prototypes are never set to the k-means centroids"),
+    Mutant("kmeans_centroids_not_normalised", "harl/losses/deepclusterv2.py",
+           "centroids[filled] = F.normalize(sums[filled] / counts[filled, None], dim=1)",
+           "centroids[filled] = sums[filled] / counts[filled, None]",
+           "deepclusterv2", "k-means centroids are plain means (not spherical)"),
 ]
 
 #: mutants that are behaviour-preserving on purpose (controls): they must survive

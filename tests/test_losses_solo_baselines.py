@@ -371,3 +371,55 @@ def test_supcon_loss_naive_local_and_gathered():
     assert float(local) == approx(_mean([anchor_loss(i) for i in range(4, 8)]))
     with pytest.raises(ValueError, match="no positive"):
         supcon_loss(z_all[:3], torch.tensor([0, 1, 2]), T)
+
+
+def test_kmeans_cosine_naive():
+    from harl.losses import kmeans_cosine
+
+    torch.manual_seed(9)
+    x = torch.nn.functional.normalize(torch.randn(12, 3).abs(), dim=1)  # positive octant
+    init = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2, 0], [0, 1.0, 0.2], [0.2, 0, 1.0], [-5.0, -5.0, -5.0]]), dim=1)
+    rows = [[float(v) for v in r] for r in x]
+    cents = [[float(v) for v in r] for r in init]
+
+    def assign_all():
+        return [max(range(len(cents)), key=lambda k: sum(a * b for a, b in zip(r, cents[k]))) for r in rows]
+
+    for _ in range(3):
+        lab = assign_all()
+        for k in range(len(cents)):
+            mine = [r for r, a in zip(rows, lab) if a == k]
+            if mine:  # an empty cluster keeps its centroid
+                mean = [sum(col) / len(mine) for col in zip(*mine)]
+                norm = math.sqrt(sum(v * v for v in mean))
+                cents[k] = [v / norm for v in mean]
+    lab = assign_all()
+    got_c, got_a = kmeans_cosine(x, init, 3)
+    assert got_a.tolist() == lab
+    assert torch.allclose(got_c, torch.tensor(cents), atol=1e-5)
+    assert torch.allclose(got_c[3], init[3])  # (-1,-1,-1)/√3 is nobody's nearest here: kept
+    assert 3 not in lab and len(set(lab)) == 3
+
+
+def test_deepclusterv2_loss_naive_with_ignored_and_empty():
+    from harl.losses import deepclusterv2_loss
+
+    torch.manual_seed(10)
+    b, T = 4, 0.5
+    scores = [[torch.randn(b, 3) for _ in range(3)], [torch.randn(b, 2) for _ in range(3)]]
+    assign = torch.tensor([[0, 2, -100, 1], [1, 1, 0, -100]])
+    total = 0.0
+    for h in range(2):
+        terms = []
+        for crop in scores[h]:
+            for i in range(b):
+                a = int(assign[h, i])
+                if a == -100:
+                    continue
+                row = [float(v) / T for v in crop[i]]
+                terms.append(-(row[a] - math.log(sum(math.exp(v) for v in row))))
+        total += _mean(terms)
+    assert float(deepclusterv2_loss(scores, assign, T)) == approx(total / 2)
+    s = [[torch.randn(b, 3, requires_grad=True)]]
+    none = deepclusterv2_loss(s, torch.full((1, b), -100), T)
+    assert float(none) == 0.0 and none.requires_grad

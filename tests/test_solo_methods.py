@@ -42,6 +42,8 @@ KW = {
              "warmup_teacher_temperature_epochs": 0},
     "vibcreg": {"proj_hidden_dim": 32, "proj_output_dim": 128, "sim_loss_weight": 20.0, "var_loss_weight": 15.0,
                 "cov_loss_weight": 50.0},
+    "deepclusterv2": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": [5, 4], "temperature": 0.2,
+                      "kmeans_iters": 2},
     "supcon": {"proj_hidden_dim": 32, "proj_output_dim": 16, "temperature": 0.3},
     "wmse": {"proj_hidden_dim": 32, "proj_output_dim": 3, "whitening_size": 4, "whitening_iters": 2},
 }
@@ -388,6 +390,76 @@ def test_dino_teacher_temperature_warmup_and_frozen_last_layer():
     model.on_before_optimizer_step(None)
     for p in model.backbone.parameters():
         assert float(p.grad.norm()) <= 1e-3 * (1 + 1e-4)
+
+
+def _spherical_kmeans_ref(x, init, iters):
+    c = init.clone()
+    for _ in range(iters):
+        a = (x @ c.T).argmax(1)
+        for k in range(c.shape[0]):
+            if (a == k).any():
+                m = x[a == k].mean(0)
+                c[k] = m / m.norm()
+    return c, (x @ c.T).argmax(1)
+
+
+def test_deepclusterv2_memory_kmeans_and_step_match_reference():
+    model = build("deepclusterv2", augmentations=MULTI_CROP)
+    sizes = (32, 32, 16, 16)
+    model.allocate_memory(2 * B)
+    # epoch 1: no assignments yet, the loss is the classifier's only; the bank fills
+    bank = []
+    for step in range(2):
+        batch = make_batch(30 + step, sizes=sizes)
+        batch[0] = torch.arange(B) * 2 + step  # dataset indexes 0..15, interleaved
+        with torch.no_grad():
+            feats = [model.backbone(x) for x in batch[1]]
+            ce = classifier_ce(model, feats[:2], batch[2])
+        loss = model.training_step(batch, step)
+        assert float(loss.detach()) == pytest.approx(float(ce), rel=1e-5)
+        with torch.no_grad():
+            bank.append([unit(model.projector(model.backbone(x))) for x in batch[1][:2]])
+    assert torch.equal(model.memory_index, torch.cat([torch.arange(B) * 2, torch.arange(B) * 2 + 1]))
+    for c in range(2):
+        assert torch.allclose(model.memory_z[c], torch.cat([bank[0][c], bank[1][c]]), atol=1e-5)
+    # epoch 2 starts: k-means of crop 0's bank for set 0 (5 centroids), crop 1's for set 1 (4)
+    model.on_train_epoch_end()
+    torch.manual_seed(77)
+    model.on_train_epoch_start()
+    torch.manual_seed(77)
+    index = model.memory_index
+    want = torch.full((2, 16), -100)
+    for h, (k, c) in enumerate([(5, 0), (4, 1)]):
+        x = model.memory_z[c]
+        cents, assign = _spherical_kmeans_ref(x, x[torch.randperm(2 * B)[:k]], 2)
+        assert torch.allclose(model.prototypes[h].weight, cents, atol=1e-5)
+        want[h, index] = assign
+    assert torch.equal(model.assignments, want)
+    # a step of epoch 2: every crop predicts its image's assignments; the prototypes stay frozen
+    batch = make_batch(40, sizes=sizes)
+    batch[0] = torch.tensor([3, 0, 15, 8, 8, 1, 12, 7])
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.3.weight"]
+    got = step_and_grads(model, batch, names)
+    assert model.prototypes[0].weight.grad is None
+    feats = [model.backbone(x) for x in batch[1]]
+    z = [unit(model.projector(f)) for f in feats]
+    ssl = 0
+    for h in range(2):
+        logits = torch.cat([zz @ model.prototypes[h].weight.T for zz in z]) / 0.2
+        ssl = ssl + F.cross_entropy(logits, want[h, batch[0]].repeat(4))
+    assert_same(got, reference_grads(model, ssl / 2 + classifier_ce(model, feats[:2], batch[2]), names))
+
+
+def test_deepclusterv2_too_many_prototypes_for_the_bank():
+    for bad in ({"num_prototypes": []}, {"num_prototypes": [5, 0]}, {"kmeans_iters": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build("deepclusterv2", **bad)
+    model = build("deepclusterv2", num_prototypes=[20])
+    model.allocate_memory(B)
+    model.training_step(make_batch(41), 0)
+    model.on_train_epoch_end()
+    with pytest.raises(ValueError, match=r"num_prototypes\[0\] = 20 is more than the 8 projections"):
+        model.on_train_epoch_start()
 
 
 @pytest.mark.parametrize("augs", ["two", "multi"])

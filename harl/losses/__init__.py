@@ -2,6 +2,7 @@
 
 from harl.losses.barlow import barlow_twins_loss
 from harl.losses.byol import byol_loss
+from harl.losses.deepclusterv2 import deepclusterv2_loss, kmeans_cosine
 from harl.losses.dino import dino_loss
 from harl.losses.hapicl import pixel_contrastive_loss, pixel_contrastive_loss_and_stats, pixel_pair_masks
 from harl.losses.harl import (alpha_schedule, beta_schedule, harl_branch_loss, harl_loss_weights, harl_total_loss,
@@ -19,7 +20,7 @@ from harl.losses.vicreg import vicreg_loss, vicreg_terms
 from harl.losses.wmse import cholesky_whiten, wmse_loss
 
 __all__ = ["barlow_twins_loss", "dino_loss", "mocov3_loss", "nearest_neighbour", "nnclr_loss", "ressl_loss", "simsiam_loss", "sinkhorn_knopp", "swav_loss",
-           "vicreg_loss", "vicreg_terms", "cholesky_whiten", "wmse_loss", "vibcreg_loss", "vibcreg_terms", "supcon_loss", "byol_loss", "moco_logits", "moco_loss", "nt_xent_loss",
+           "vicreg_loss", "vicreg_terms", "cholesky_whiten", "wmse_loss", "vibcreg_loss", "vibcreg_terms", "supcon_loss", "deepclusterv2_loss", "kmeans_cosine", "byol_loss", "moco_logits", "moco_loss", "nt_xent_loss",
            "pool_regions", "region_validity", "weighted_byol_loss", "harl_branch_loss", "harl_loss_weights",
            "harl_total_loss", "alpha_schedule", "beta_schedule",
            "pixel_pair_masks", "pixel_contrastive_loss", "pixel_contrastive_loss_and_stats"]
