@@ -29,7 +29,7 @@ sys.path.insert(0, REPO)
 
 DEFAULT_METHODS = ["byol", "simclr", "mocov2plus", "harl", "hapicl_simclr", "hapicl_mocov2plus", "hapicl_byol",
                    "sgm_mocov2", "sgm_simclr", "barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino",
-                   "nnclr", "nnbyol", "nnsiam", "ressl", "supervised",
+                   "nnclr", "nnbyol", "nnsiam", "ressl", "supervised", "wmse", "vibcreg", "supcon", "deepclusterv2",
                    # variants: <method>@<override>,<override> (method_kwargs. is implied for bare keys)
                    "harl@loss_type=mask,empty_mask_policy=faithful", "harl@feature_map=c4",
                    "harl@feature_map=c5_stride1", "harl@feature_map=c5_pixel_shuffle,pooling=pixel_shuffle",

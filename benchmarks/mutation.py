@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPY = ("harl", "tests", "pytest.ini")
 
 REF = "tests/test_method_reference.py"
+SOLO = "tests/test_solo_methods.py"
 #: test selections (pytest arguments), by the code they guard
 SEL: Dict[str, Tuple[str, ...]] = {
     "byol": (REF, "-k", "byol_step or ema or tau"),
@@ -44,6 +45,11 @@ SEL: Dict[str, Tuple[str, ...]] = {
     "sgm": (REF, "-k", "sgm"),
     "ddp": ("tests/test_ddp.py", "-k", "gathered"),
     "lr": (REF, "-k", "ema_and_lr"),
+    "wmse": (SOLO, "-k", "wmse"),
+    "vibcreg": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "vibcreg or iterative"),
+    "supcon": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "supcon"),
+    "supcon_ddp": ("tests/test_supcon_ddp.py",),
+    "deepclusterv2": (SOLO, "tests/test_losses_solo_baselines.py", "-k", "deepclusterv2 or kmeans"),
 }
 
 
@@ -226,6 +232,70 @@ MUTANTS: List[Mutant] = [
            "self.enqueue(torch.stack([gather_no_grad(k[0]), gather_no_grad(k[1])]))",
            "self.enqueue(torch.stack([gather_no_grad(k[1]), gather_no_grad(k[0])]))",
            "sgm", "SGM keys go into the other view's queue"),
+    # ---------------------------------------------------------------- W-MSE
+    Mutant("wmse_batch_not_shuffled", "harl/methods/wmse.py",
+           "perms = [torch.randperm(n, device=z[0].device) for _ in range(self.whitening_iters)]",
+           "perms = [torch.arange(n, device=z[0].device) for _ in range(self.whitening_iters)]",
+           "wmse", "W-MSE sub-batches are always the same consecutive samples"),
+    Mutant("wmse_whitened_on_the_whole_batch", "harl/losses/wmse.py",
+           "white[v][idx] = cholesky_whiten(z[idx], eps)", "white[v][idx] = cholesky_whiten(z, eps)[idx]",
+           "wmse", "W-MSE whitens the whole batch instead of each sub-batch"),
+    Mutant("wmse_one_whitening_iteration", "harl/methods/wmse.py",
+           "for _ in range(self.whitening_iters)]", "for _ in range(1)]",
+           "wmse", "W-MSE ignores whitening_iters"),
+    # ---------------------------------------------------------------- VIbCReg
+    Mutant("vibcreg_iternorm_dropped", "harl/methods/vibcreg.py",
+           "last = IterNorm(kw.proj_output_dim, self.ITERNORM_GROUPS, self.ITERNORM_T) if kw.iternorm else nn.Identity()",
+           "last = nn.Identity()",
+           "vibcreg", "VIbCReg's projector has no IterNorm"),
+    Mutant("vibcreg_covariance_not_normalised", "harl/losses/vibcreg.py",
+           "zn = F.normalize(z - z.mean(dim=0), p=2, dim=0)", "zn = z - z.mean(dim=0)",
+           "vibcreg", "VIbCReg's covariance term on centred but not normalised features (VICReg's)"),
+    Mutant("vibcreg_cov_weight_default", "harl/methods/vibcreg.py",
+           "self.cov_loss_weight = float(kw.cov_loss_weight)",
+           'self.cov_loss_weight = float(self._DEFAULT_METHOD_KWARGS["cov_loss_weight"])',
+           "vibcreg", "VIbCReg reads the default covariance weight instead of the configured one"),
+    Mutant("iternorm_eval_batch_statistics", "harl/heads/iternorm.py",
+           "if self.training:", "if True:",
+           "vibcreg", "IterNorm whitens with the batch's statistics in evaluation too"),
+    # ---------------------------------------------------------------- SupCon
+    Mutant("supcon_positives_by_sample_index", "harl/methods/supcon.py",
+           'labels = targets.repeat(len(out["z"]))', 'labels = batch[0].repeat(len(out["z"]))',
+           "supcon", "SupCon's positives are the image's own views only (SimCLR)"),
+    Mutant("supcon_small_crops_dropped", "harl/methods/supcon.py",
+           'z = torch.cat(out["z"])', 'z = torch.cat(out["z"][: self.num_large_crops])',
+           "supcon", "SupCon leaves the multi-crop small crops out"),
+    Mutant("supcon_temperature_default", "harl/methods/supcon.py",
+           "self.temperature = float(kw.temperature)",
+           'self.temperature = float(self._DEFAULT_METHOD_KWARGS["temperature"])',
+           "supcon", "SupCon reads the default temperature instead of the configured one"),
+    Mutant("supcon_self_mask_offset_zero", "harl/methods/supcon.py",
+           "offset=rank() * z.shape[0])", "offset=0)",
+           "supcon_ddp", "SupCon on rank > 0 masks the wrong rows as 'self'"),
+    Mutant("supcon_positives_not_gathered", "harl/methods/supcon.py",
+           "loss = supcon_loss(z, labels, self.temperature, gather_with_grad(z), gather_no_grad(labels),\n"
+           "                           offset=rank() * z.shape[0])",
+           "loss = supcon_loss(z, labels, self.temperature)",
+           "supcon_ddp", "SupCon's positives and negatives stay local to each process"),
+    # ---------------------------------------------------------------- DeepClusterV2
+    Mutant("deepclusterv2_one_bank_for_every_set", "harl/methods/deepclusterv2.py",
+           "crop = (crop + 1) % self.num_large_crops", "crop = 0",
+           "deepclusterv2", "every prototype set clusters the first crop's bank"),
+    Mutant("deepclusterv2_small_crops_not_trained", "harl/methods/deepclusterv2.py",
+           'scores = [[proto(z) for z in out["z"]] for proto in self.prototypes]',
+           'scores = [[proto(z) for z in out["z"][: self.num_large_crops]] for proto in self.prototypes]',
+           "deepclusterv2", "the small crops do not predict the assignments"),
+    Mutant("deepclusterv2_bank_rows_overwritten", "harl/methods/deepclusterv2.py",
+           "start, n = batch_idx * indexes.shape[0], indexes.shape[0]", "start, n = 0, indexes.shape[0]",
+           "deepclusterv2", "every batch overwrites the first rows of the memory bank"),
+    Mutant("deepclusterv2_centroids_not_copied", "harl/methods/deepclusterv2.py",
+           "self.prototypes[h].weight.copy_(centroids.to(self.prototypes[h].weight.dtype))",
+           "centroids = centroids",
+           "deepclusterv2", "the prototypes are never set to the k-means centroids"),
+    Mutant("kmeans_centroids_not_normalised", "harl/losses/deepclusterv2.py",
+           "centroids[filled] = F.normalize(sums[filled] / counts[filled, None], dim=1)",
+           "centroids[filled] = sums[filled] / counts[filled, None]",
+           "deepclusterv2", "k-means centroids are plain means (not spherical)"),
 ]
 
 #: mutants that are behaviour-preserving on purpose (controls): they must survive

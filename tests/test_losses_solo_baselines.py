@@ -216,3 +216,210 @@ def test_ressl_loss_naive():
         lse = math.log(sum(math.exp(x) for x in lq))
         total += -sum(pk[j] * (lq[j] - lse) for j in range(5))
     assert float(ressl_loss(q, k, queue, tq, tk)) == approx(total / 3)
+
+
+def _naive_cholesky_whiten(rows, eps=0.0):
+    """rows: list of N lists of D floats → whitened rows L⁻¹(x − μ), all in plain Python."""
+    n, d = len(rows), len(rows[0])
+    mu = [sum(r[j] for r in rows) / n for j in range(d)]
+    xc = [[r[j] - mu[j] for j in range(d)] for r in rows]
+    cov = [[(1 - eps) * sum(x[i] * x[j] for x in xc) / (n - 1) + (eps if i == j else 0.0) for j in range(d)]
+           for i in range(d)]
+    L = [[0.0] * d for _ in range(d)]  # Cholesky–Banachiewicz
+    for i in range(d):
+        for j in range(i + 1):
+            s = sum(L[i][k] * L[j][k] for k in range(j))
+            L[i][j] = math.sqrt(cov[i][i] - s) if i == j else (cov[i][j] - s) / L[j][j]
+    out = []
+    for x in xc:  # forward substitution: L w = x
+        w = [0.0] * d
+        for i in range(d):
+            w[i] = (x[i] - sum(L[i][k] * w[k] for k in range(i))) / L[i][i]
+        out.append(w)
+    return out
+
+
+def test_cholesky_whiten_naive_and_identity_covariance():
+    from harl.losses import cholesky_whiten
+
+    torch.manual_seed(4)
+    x = torch.randn(7, 3) @ torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.1, 0.0, 0.5]]) + 3
+    for eps in (0.0, 0.2):
+        want = torch.tensor(_naive_cholesky_whiten(x.tolist(), eps))
+        assert torch.allclose(cholesky_whiten(x, eps), want, atol=1e-4)
+    w = cholesky_whiten(x)
+    assert torch.allclose(torch.cov(w.T), torch.eye(3), atol=1e-4)
+
+
+def test_wmse_loss_naive_sub_batches_views_and_iterations():
+    from harl.losses import wmse_loss
+
+    torch.manual_seed(5)
+    n, d, size = 8, 2, 4
+    views = [torch.randn(n, d) for _ in range(3)]
+    perms = [torch.randperm(n), torch.randperm(n)]
+    total, count = 0.0, 0
+    for perm in perms:
+        white = [[None] * n for _ in views]
+        for start in range(0, n, size):
+            idx = [int(i) for i in perm[start:start + size]]
+            for v, z in enumerate(views):
+                for i, w in zip(idx, _naive_cholesky_whiten([z[i].tolist() for i in idx])):
+                    white[v][i] = w
+        for a in range(3):
+            for b in range(a + 1, 3):
+                terms = []
+                for i in range(n):
+                    na = math.sqrt(sum(x * x for x in white[a][i]))
+                    nb = math.sqrt(sum(x * x for x in white[b][i]))
+                    terms.append(sum((x / na - y / nb) ** 2 for x, y in zip(white[a][i], white[b][i])))
+                total += sum(terms) / n
+                count += 1
+    assert float(wmse_loss(views, perms, size)) == approx(total / count)
+    # another shuffle gives other sub-batches and another loss
+    assert float(wmse_loss(views, [torch.arange(n)], size)) != approx(float(wmse_loss(views, perms[:1], size)))
+
+
+def test_vibcreg_terms_naive():
+    from harl.losses import vibcreg_loss, vibcreg_terms
+
+    torch.manual_seed(6)
+    n, d = 6, 4
+    z1, z2 = torch.randn(n, d) * 2 + 1, torch.randn(n, d)
+    sim = sum(float(z1[b, j] - z2[b, j]) ** 2 for b in range(n) for j in range(d)) / (n * d)
+    var, cov = 0.0, 0.0
+    for z in (z1, z2):
+        cols = [_col(z, j) for j in range(d)]
+        var += _mean([max(0.0, 1 - math.sqrt(_var(c, unbiased=True) + 1e-4)) for c in cols])
+        cen = [[x - _mean(c) for x in c] for c in cols]
+        nrm = [[x / math.sqrt(sum(y * y for y in c)) for x in c] for c in cen]
+        off = [sum(a * b for a, b in zip(nrm[i], nrm[j])) ** 2 for i in range(d) for j in range(d) if i != j]
+        cov += _mean(off)
+    s, v, c = vibcreg_terms(z1, z2)
+    assert (float(s), float(v), float(c)) == (approx(sim), approx(var), approx(cov))
+    assert float(vibcreg_loss(z1, z2, 2.0, 3.0, 5.0)) == approx(2 * sim + 3 * var + 5 * cov)
+
+
+def _mm(a, b):
+    return [[sum(a[i][k] * b[k][j] for k in range(len(b))) for j in range(len(b[0]))] for i in range(len(a))]
+
+
+def test_iterative_whitening_naive_and_nearly_white():
+    from harl.heads.iternorm import IterNorm, iterative_whitening, iternorm_groups
+
+    assert iternorm_groups(2048, 64) == (64, 32) and iternorm_groups(16, 64) == (16, 1)
+    assert iternorm_groups(24, 5) == (12, 2) and iternorm_groups(10, 4) == (10, 1)
+    torch.manual_seed(7)
+    n, d, groups, T, eps = 9, 6, 2, 5, 1e-5
+    x = torch.randn(n, d) @ torch.randn(d, d) + 2
+    out, mean, wm = iterative_whitening(x, groups, T, eps)
+    c = d // groups
+    want = [[0.0] * d for _ in range(n)]
+    for g in range(groups):
+        ch = list(range(g * c, (g + 1) * c))
+        cols = [_col(x, j) for j in ch]
+        cen = [[v - _mean(col) for v in col] for col in cols]  # c lists of n
+        sigma = [[sum(a * b for a, b in zip(cen[i], cen[j])) / n + (eps if i == j else 0.0) for j in range(c)]
+                 for i in range(c)]
+        tr = sum(sigma[i][i] for i in range(c))
+        sn = [[v / tr for v in row] for row in sigma]
+        p = [[1.0 if i == j else 0.0 for j in range(c)] for i in range(c)]
+        for _ in range(T):
+            p3s = _mm(_mm(_mm(p, p), p), sn)
+            p = [[1.5 * p[i][j] - 0.5 * p3s[i][j] for j in range(c)] for i in range(c)]
+        w = [[v / math.sqrt(tr) for v in row] for row in p]
+        res = _mm(w, cen)  # c×n
+        for i, j in enumerate(ch):
+            for b in range(n):
+                want[b][j] = res[i][b]
+    assert torch.allclose(out, torch.tensor(want), atol=1e-4)
+    # one channel per group: Σ_N = 1 keeps P = 1, i.e. plain standardisation (biased variance)
+    single, _, _ = iterative_whitening(x, d, T, eps)
+    assert torch.allclose(single, (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps), atol=1e-5)
+    # the layer: batch statistics in training (running ones updated), running statistics in evaluation
+    layer = IterNorm(d, groups, T, eps, momentum=0.25)
+    with torch.no_grad():
+        layer.weight.fill_(2.0), layer.bias.fill_(0.5)
+    assert torch.allclose(layer(x), 2 * out + 0.5, atol=1e-5)
+    assert torch.allclose(layer.running_mean, 0.25 * mean, atol=1e-6)
+    assert torch.allclose(layer.running_wm, 0.75 * torch.eye(c) + 0.25 * wm, atol=1e-6)
+    layer.eval()
+    y = torch.randn(4, d)
+    xc = y.T.reshape(groups, c, 4) - layer.running_mean
+    assert torch.allclose(layer(y), 2 * (layer.running_wm @ xc).reshape(d, 4).T + 0.5, atol=1e-5)
+
+
+def test_supcon_loss_naive_local_and_gathered():
+    from harl.losses import supcon_loss
+
+    torch.manual_seed(8)
+    m, d, T = 10, 5, 0.3
+    z_all = torch.randn(m, d)
+    labels_all = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 1, 3])
+    labels_all[9] = 1  # every anchor has a positive
+    unit_rows = [[float(v) for v in (r / r.norm())] for r in z_all]
+
+    def anchor_loss(i):
+        sims = [sum(a * b for a, b in zip(unit_rows[i], unit_rows[j])) / T for j in range(m)]
+        denom = sum(math.exp(sims[a]) for a in range(m) if a != i)
+        pos = [p for p in range(m) if p != i and labels_all[p] == labels_all[i]]
+        return -sum(math.log(math.exp(sims[p]) / denom) for p in pos) / len(pos)
+
+    assert float(supcon_loss(z_all, labels_all, T)) == approx(_mean([anchor_loss(i) for i in range(m)]))
+    # rows 4..7 are this process's block of the gathered batch
+    local = supcon_loss(z_all[4:8], labels_all[4:8], T, z_all, labels_all, offset=4)
+    assert float(local) == approx(_mean([anchor_loss(i) for i in range(4, 8)]))
+    with pytest.raises(ValueError, match="no positive"):
+        supcon_loss(z_all[:3], torch.tensor([0, 1, 2]), T)
+
+
+def test_kmeans_cosine_naive():
+    from harl.losses import kmeans_cosine
+
+    torch.manual_seed(9)
+    x = torch.nn.functional.normalize(torch.randn(12, 3).abs(), dim=1)  # positive octant
+    init = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2, 0], [0, 1.0, 0.2], [0.2, 0, 1.0], [-5.0, -5.0, -5.0]]), dim=1)
+    rows = [[float(v) for v in r] for r in x]
+    cents = [[float(v) for v in r] for r in init]
+
+    def assign_all():
+        return [max(range(len(cents)), key=lambda k: sum(a * b for a, b in zip(r, cents[k]))) for r in rows]
+
+    for _ in range(3):
+        lab = assign_all()
+        for k in range(len(cents)):
+            mine = [r for r, a in zip(rows, lab) if a == k]
+            if mine:  # an empty cluster keeps its centroid
+                mean = [sum(col) / len(mine) for col in zip(*mine)]
+                norm = math.sqrt(sum(v * v for v in mean))
+                cents[k] = [v / norm for v in mean]
+    lab = assign_all()
+    got_c, got_a = kmeans_cosine(x, init, 3)
+    assert got_a.tolist() == lab
+    assert torch.allclose(got_c, torch.tensor(cents), atol=1e-5)
+    assert torch.allclose(got_c[3], init[3])  # (-1,-1,-1)/√3 is nobody's nearest here: kept
+    assert 3 not in lab and len(set(lab)) == 3
+
+
+def test_deepclusterv2_loss_naive_with_ignored_and_empty():
+    from harl.losses import deepclusterv2_loss
+
+    torch.manual_seed(10)
+    b, T = 4, 0.5
+    scores = [[torch.randn(b, 3) for _ in range(3)], [torch.randn(b, 2) for _ in range(3)]]
+    assign = torch.tensor([[0, 2, -100, 1], [1, 1, 0, -100]])
+    total = 0.0
+    for h in range(2):
+        terms = []
+        for crop in scores[h]:
+            for i in range(b):
+                a = int(assign[h, i])
+                if a == -100:
+                    continue
+                row = [float(v) / T for v in crop[i]]
+                terms.append(-(row[a] - math.log(sum(math.exp(v) for v in row))))
+        total += _mean(terms)
+    assert float(deepclusterv2_loss(scores, assign, T)) == approx(total / 2)
+    s = [[torch.randn(b, 3, requires_grad=True)]]
+    none = deepclusterv2_loss(s, torch.full((1, b), -100), T)
+    assert float(none) == 0.0 and none.requires_grad

@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SOLO_DIR = os.path.join(HERE, "data", "solo_learn_yamls")
 SOLO_YAMLS = sorted(glob.glob(os.path.join(SOLO_DIR, "*.yaml")))
-NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam", "ressl"]
+NEW_METHODS = ["barlow_twins", "vicreg", "simsiam", "mocov3", "swav", "dino", "nnclr", "nnbyol", "nnsiam", "ressl",
+               "wmse", "vibcreg", "supcon", "deepclusterv2"]
 DATASETS = ["cifar", "imagenet-100", "imagenet", "fashion-scenes"]
 
 
@@ -99,7 +100,7 @@ def test_new_method_pretrains_end_to_end(method, scenes_root, tmp_path):
     from tests.test_solo_methods import KW
 
     augs = [{"crop_size": 32, "num_crops": 2}]
-    if method in ("swav", "dino"):
+    if method in ("swav", "dino", "supcon", "deepclusterv2"):
         augs.append({"crop_size": 16, "num_crops": 2})
     cfg = scenes_cfg(method, scenes_root, str(tmp_path / "ckpt"), max_epochs=1, method_kwargs=dict(KW[method]),
                      augmentations=augs, limit_train_batches=3, limit_val_batches=1)
@@ -136,3 +137,27 @@ def test_vit_run_reloads_through_the_evaluation_path(scenes_root, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     model.eval(), ref.eval()
     assert torch.allclose(model(x), ref(x), atol=1e-5)
+
+
+def test_deepclusterv2_clusters_between_epochs_through_pretrain(scenes_root, tmp_path):
+    """Through Lightning: epoch 1 fills the memory bank (loss 0), epoch 2 starts with k-means, so its
+    loss is positive and the saved prototypes are unit-norm centroids."""
+    import csv
+
+    from harl.train import pretrain
+    from tests.test_solo_methods import KW
+
+    cfg = scenes_cfg("deepclusterv2", scenes_root, str(tmp_path / "ckpt"), max_epochs=2,
+                     method_kwargs=dict(KW["deepclusterv2"]), limit_train_batches=3, limit_val_batches=1)
+    res = pretrain(cfg)
+    rows = list(csv.DictReader(open(os.path.join(res.run_dir, "metrics.csv"))))
+    per_epoch = {}
+    for r in rows:
+        if r.get("train_deepclusterv2_loss_step"):
+            per_epoch.setdefault(int(r["epoch"]), []).append(float(r["train_deepclusterv2_loss_step"]))
+    assert sorted(per_epoch) == [0, 1] and len(per_epoch[0]) == len(per_epoch[1]) == 3
+    assert all(x == 0.0 for x in per_epoch[0]) and all(x > 0.0 for x in per_epoch[1])
+    state = torch.load(res.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for h, k in enumerate([5, 4]):
+        w = state[f"prototypes.{h}.weight"]
+        assert w.shape == (k, 16) and torch.allclose(w.norm(dim=1), torch.ones(k), atol=1e-5)

@@ -41,6 +41,12 @@ KW = {
     "dino": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 20, "freeze_last_layer": 0,
              "student_temperature": 0.2, "teacher_temperature": 0.07, "warmup_teacher_temperature": 0.04,
              "warmup_teacher_temperature_epochs": 0},
+    "vibcreg": {"proj_hidden_dim": 32, "proj_output_dim": 128, "sim_loss_weight": 20.0, "var_loss_weight": 15.0,
+                "cov_loss_weight": 50.0},
+    "deepclusterv2": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": [5, 4], "temperature": 0.2,
+                      "kmeans_iters": 2},
+    "supcon": {"proj_hidden_dim": 32, "proj_output_dim": 16, "temperature": 0.3},
+    "wmse": {"proj_hidden_dim": 32, "proj_output_dim": 3, "whitening_size": 4, "whitening_iters": 2},
 }
 NEW_METHODS = list(KW)
 TWO_CROPS = [{"crop_size": 32, "num_crops": 2}]
@@ -387,6 +393,203 @@ def test_dino_teacher_temperature_warmup_and_frozen_last_layer():
         assert float(p.grad.norm()) <= 1e-3 * (1 + 1e-4)
 
 
+def _spherical_kmeans_ref(x, init, iters):
+    c = init.clone()
+    for _ in range(iters):
+        a = (x @ c.T).argmax(1)
+        for k in range(c.shape[0]):
+            if (a == k).any():
+                m = x[a == k].mean(0)
+                c[k] = m / m.norm()
+    return c, (x @ c.T).argmax(1)
+
+
+def test_deepclusterv2_memory_kmeans_and_step_match_reference():
+    model = build("deepclusterv2", augmentations=MULTI_CROP)
+    sizes = (32, 32, 16, 16)
+    model.allocate_memory(2 * B)
+    # epoch 1: no assignments yet, the loss is the classifier's only; the bank fills
+    bank = []
+    for step in range(2):
+        batch = make_batch(30 + step, sizes=sizes)
+        batch[0] = torch.arange(B) * 2 + step  # dataset indexes 0..15, interleaved
+        with torch.no_grad():
+            feats = [model.backbone(x) for x in batch[1]]
+            ce = classifier_ce(model, feats[:2], batch[2])
+        loss = model.training_step(batch, step)
+        assert float(loss.detach()) == pytest.approx(float(ce), rel=1e-5)
+        with torch.no_grad():
+            bank.append([unit(model.projector(model.backbone(x))) for x in batch[1][:2]])
+    assert torch.equal(model.memory_index, torch.cat([torch.arange(B) * 2, torch.arange(B) * 2 + 1]))
+    for c in range(2):
+        assert torch.allclose(model.memory_z[c], torch.cat([bank[0][c], bank[1][c]]), atol=1e-5)
+    # epoch 2 starts: k-means of crop 0's bank for set 0 (5 centroids), crop 1's for set 1 (4)
+    model.on_train_epoch_end()
+    torch.manual_seed(77)
+    model.on_train_epoch_start()
+    torch.manual_seed(77)
+    index = model.memory_index
+    want = torch.full((2, 16), -100)
+    for h, (k, c) in enumerate([(5, 0), (4, 1)]):
+        x = model.memory_z[c]
+        cents, assign = _spherical_kmeans_ref(x, x[torch.randperm(2 * B)[:k]], 2)
+        assert torch.allclose(model.prototypes[h].weight, cents, atol=1e-5)
+        want[h, index] = assign
+    assert torch.equal(model.assignments, want)
+    # a step of epoch 2: every crop predicts its image's assignments; the prototypes stay frozen
+    batch = make_batch(40, sizes=sizes)
+    batch[0] = torch.tensor([3, 0, 15, 8, 8, 1, 12, 7])
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.3.weight"]
+    got = step_and_grads(model, batch, names)
+    assert model.prototypes[0].weight.grad is None
+    feats = [model.backbone(x) for x in batch[1]]
+    z = [unit(model.projector(f)) for f in feats]
+    ssl = 0
+    for h in range(2):
+        logits = torch.cat([zz @ model.prototypes[h].weight.T for zz in z]) / 0.2
+        ssl = ssl + F.cross_entropy(logits, want[h, batch[0]].repeat(4))
+    assert_same(got, reference_grads(model, ssl / 2 + classifier_ce(model, feats[:2], batch[2]), names))
+
+
+def test_deepclusterv2_too_many_prototypes_for_the_bank():
+    for bad in ({"num_prototypes": []}, {"num_prototypes": [5, 0]}, {"kmeans_iters": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build("deepclusterv2", **bad)
+    model = build("deepclusterv2", num_prototypes=[20])
+    model.allocate_memory(B)
+    model.training_step(make_batch(41), 0)
+    model.on_train_epoch_end()
+    with pytest.raises(ValueError, match=r"num_prototypes\[0\] = 20 is more than the 8 projections"):
+        model.on_train_epoch_start()
+
+
+@pytest.mark.parametrize("augs", ["two", "multi"])
+def test_supcon_step_matches_reference_with_label_positives(augs):
+    model = build("supcon", augmentations=MULTI_CROP if augs == "multi" else TWO_CROPS)
+    batch = make_batch(16, sizes=(32, 32, 16, 16) if augs == "multi" else (32, 32))
+    batch[2] = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0])  # several images per class
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.2.weight"]
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    z = unit(torch.cat([model.projector(f) for f in feats]))
+    labels = batch[2].repeat(len(feats))
+    n = z.shape[0]
+    terms = []
+    for i in range(n):
+        others = [a for a in range(n) if a != i]
+        log_denom = torch.logsumexp(z[i] @ z[others].T / 0.3, dim=0)
+        pos = [p for p in others if labels[p] == labels[i]]
+        terms.append(-torch.stack([z[i] @ z[p] / 0.3 - log_denom for p in pos]).mean())
+    ssl = torch.stack(terms).mean()
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats[:2], batch[2]), names))
+    # with labels the loss is not SimCLR's (positives = own views only)
+    own = unit(torch.cat([model.projector(f) for f in feats])).detach()
+    idx = torch.arange(B).repeat(len(feats))
+    assert abs(float(ssl.detach()) - float(torch.stack([
+        -torch.stack([own[i] @ own[p] / 0.3 - torch.logsumexp(own[i] @ own[[a for a in range(n) if a != i]].T / 0.3, 0)
+                      for p in range(n) if p != i and idx[p] == idx[i]]).mean() for i in range(n)]).mean())) > 1e-3
+
+
+def test_supcon_needs_labels():
+    with pytest.raises(ConfigError, match="needs labels"):
+        parse_cfg(tiny_cfg("supcon", method_kwargs=KW["supcon"], data={"dataset": "cifar10", "no_labels": True}))
+    model = build("supcon")
+    batch = make_batch(17)
+    batch[2][3] = -1
+    with pytest.raises(ValueError, match="needs a label for every sample"):
+        model.training_step(batch, 0)
+
+
+def _iternorm_ref(x, channels, T=5, eps=1e-5):
+    """Group-wise Newton whitening of N×D x, groups of ``channels`` consecutive channels."""
+    n, d = x.shape
+    out = []
+    for start in range(0, d, channels):
+        xc = (x[:, start:start + channels] - x[:, start:start + channels].mean(0)).T  # c×N
+        sigma = xc @ xc.T / n + eps * torch.eye(channels)
+        tr = torch.trace(sigma)
+        p = torch.eye(channels)
+        for _ in range(T):
+            p = 1.5 * p - 0.5 * p @ p @ p @ (sigma / tr)
+        out.append((p / tr.sqrt() @ xc).T)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("iternorm", [True, False])
+def test_vibcreg_step_matches_reference(iternorm):
+    model = build("vibcreg", iternorm=iternorm)
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.6.weight"]
+    if iternorm:
+        with torch.no_grad():
+            model.projector[7].weight.uniform_(0.5, 1.5), model.projector[7].bias.uniform_(-0.5, 0.5)
+        names.append("projector.7.weight")
+    else:
+        assert isinstance(model.projector[7], torch.nn.Identity)
+    batch = make_batch(15)
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    h = [model.projector[:7](f) for f in feats]
+    if iternorm:  # 128 channels in 64 groups of 2
+        it = model.projector[7]
+        z = [_iternorm_ref(x, 2) * it.weight + it.bias for x in h]
+    else:
+        z = h
+    inv = ((z[0] - z[1]) ** 2).mean()
+    var = sum(torch.clamp(1 - torch.sqrt(torch.var(x, dim=0) + 1e-4), min=0).mean() for x in z)
+    cov = 0
+    for x in z:
+        corr = torch.corrcoef(x.T)  # the correlation matrix
+        d = corr.shape[0]
+        cov = cov + (corr.pow(2).sum() - corr.diagonal().pow(2).sum()) / (d * (d - 1))
+    ssl = 20.0 * inv + 15.0 * var + 50.0 * cov
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
+    assert any(isinstance(m, torch.nn.GELU) for m in model.projector)
+
+
+def _whiten_ref(x):
+    xc = x - x.mean(0, keepdim=True)
+    chol = torch.linalg.cholesky(torch.cov(xc.T))
+    return xc @ torch.linalg.inv(chol).T
+
+
+def test_wmse_step_matches_reference_with_shuffled_sub_batches():
+    model = build("wmse")
+    batch = make_batch(14)
+    names = ["backbone.conv1.weight", "projector.0.weight", "projector.3.weight"]
+    torch.manual_seed(123)  # the step draws one permutation of the batch per whitening iteration
+    got = step_and_grads(model, batch, names)
+
+    feats = [model.backbone(x) for x in batch[1]]
+    z = [model.projector(f) for f in feats]
+    torch.manual_seed(123)
+    terms = []
+    for _ in range(2):  # whitening_iters
+        perm = torch.randperm(B)
+        white = [torch.zeros_like(zz) for zz in z]
+        for idx in (perm[:4], perm[4:]):  # whitening_size 4
+            for v in range(2):
+                white[v] = white[v].index_put((idx,), _whiten_ref(z[v][idx]))
+        terms.append(((unit(white[0]) - unit(white[1])) ** 2).sum(1).mean())
+    ssl = sum(terms) / len(terms)
+    assert_same(got, reference_grads(model, ssl + classifier_ce(model, feats, batch[2]), names))
+
+
+def test_wmse_config_errors():
+    with pytest.raises(ConfigError, match="whitening_size .* must divide the per-device batch"):
+        build("wmse", whitening_size=16)
+    with pytest.raises(ConfigError, match="whitening_size .* must divide the per-device batch"):
+        build("wmse", whitening_size=3, proj_output_dim=2)
+    with pytest.raises(ConfigError, match="larger than proj_output_dim"):
+        build("wmse", proj_output_dim=4)
+    build("wmse", proj_output_dim=4, whitening_eps=0.1)
+    with pytest.raises(ConfigError, match="at least 2 large crops and no small crops"):
+        build("wmse", augmentations=MULTI_CROP)
+    with pytest.raises(ConfigError, match="whitening_iters"):
+        build("wmse", whitening_iters=0)
+
+
 # ----------------------------------------------------------------------------- ViT backbones
 
 
@@ -422,7 +625,7 @@ def test_registered_and_misspelt_kwarg_names_the_right_one(method):
 
 
 @pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "simsiam", "mocov3", "nnclr", "nnbyol", "nnsiam",
-                                    "ressl"])
+                                    "ressl", "vibcreg"])
 def test_two_crop_methods_refuse_multicrop(method):
     with pytest.raises(ConfigError, match="exactly 2 large crops"):
         build(method, augmentations=MULTI_CROP)
