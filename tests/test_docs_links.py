@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCANNED = ("harl", "docs", "scripts", "benchmarks", "tests", "zoo")
 SUFFIXES = (".py", ".md", ".yaml", ".sh", ".json")
 DOC_PATH = re.compile(r"\bdocs/[\w./-]+?\.md\b")
-# "SPEC §4.2", "SPEC's rule", "(§4.6)": citations of a document that is not in the repository
+# the outside specification cited by name or by a bare section sign with a number: a document that is not in the repository
 OUTSIDE_SPEC = re.compile(r"\bSPEC\b|(?<![Pp]aper )(?<!paper's )§\s?\d")
 
 
