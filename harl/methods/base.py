@@ -54,6 +54,14 @@ def narrowest_conv(module: nn.Module) -> int:
     return min(widths, default=1 << 30)
 
 
+def require_two_large_crops(cfg: DictConfig) -> None:
+    """Raise a :class:`ConfigError` unless the config gives exactly 2 large crops and no small ones
+    (the methods whose loss pairs the two views only)."""
+    if cfg.num_large_crops != 2 or cfg.num_small_crops:
+        raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "
+                          f"{cfg.num_large_crops} large and {cfg.num_small_crops} small")
+
+
 def backbone_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """``backbone.kwargs`` with the CIFAR-stem default from the dataset table filled in."""
     kwargs = dict(OmegaConf.to_container(cfg.backbone.kwargs, resolve=True)) if cfg.backbone.kwargs else {}

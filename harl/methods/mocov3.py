@@ -9,10 +9,9 @@ import torch
 
 from harl.heads import mlp
 from harl.losses import mocov3_loss
-from harl.methods.base import BaseMomentumMethod
+from harl.methods.base import BaseMomentumMethod, require_two_large_crops
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_no_grad, rank
-from harl.errors import ConfigError
 
 
 def _is_vit(backbone) -> bool:
@@ -51,9 +50,7 @@ class MoCoV3(BaseMomentumMethod):
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
 
-        if cfg.num_large_crops != 2 or cfg.num_small_crops:
-            raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "
-                              f"{cfg.num_large_crops} large and {cfg.num_small_crops} small")
+        require_two_large_crops(cfg)
 
     @property
     def learnable_params(self) -> List[Dict[str, Any]]:

@@ -9,9 +9,8 @@ import torch
 
 from harl.heads import mlp
 from harl.losses import simsiam_loss
-from harl.methods.base import BaseMethod
+from harl.methods.base import BaseMethod, require_two_large_crops
 from harl.methods.registry import METHODS
-from harl.errors import ConfigError
 
 
 @METHODS.register("simsiam")
@@ -41,9 +40,7 @@ class SimSiam(BaseMethod):
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
 
-        if cfg.num_large_crops != 2 or cfg.num_small_crops:
-            raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "
-                              f"{cfg.num_large_crops} large and {cfg.num_small_crops} small")
+        require_two_large_crops(cfg)
 
     @property
     def learnable_params(self) -> List[Dict[str, Any]]:

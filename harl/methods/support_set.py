@@ -12,6 +12,7 @@ from torch import nn
 from harl.config import num_devices
 from harl.errors import ConfigError
 from harl.losses import nearest_neighbour
+from harl.methods.base import require_two_large_crops
 from harl.utils.distributed import gather_no_grad
 
 
@@ -51,9 +52,7 @@ class SupportSet(nn.Module):
 
 def check_support_set(cfg) -> None:
     """Two large crops only, and ``queue_size`` a positive multiple of the global batch."""
-    if cfg.num_large_crops != 2 or cfg.num_small_crops:
-        raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "
-                          f"{cfg.num_large_crops} large and {cfg.num_small_crops} small")
+    require_two_large_crops(cfg)
     global_batch = int(cfg.optimizer.batch_size) * num_devices(cfg) * int(cfg.num_nodes)
     size = int(cfg.method_kwargs.queue_size)
     if size < 1 or size % global_batch != 0:

@@ -8,10 +8,9 @@ import torch
 
 from harl.heads import mlp
 from harl.losses import vicreg_terms
-from harl.methods.base import BaseMethod
+from harl.methods.base import BaseMethod, require_two_large_crops
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_with_grad
-from harl.errors import ConfigError
 
 
 @METHODS.register("vicreg")
@@ -37,9 +36,7 @@ class VICReg(BaseMethod):
     def check_cfg(cls, cfg) -> None:
         super().check_cfg(cfg)
 
-        if cfg.num_large_crops != 2 or cfg.num_small_crops:
-            raise ConfigError(f"{cfg.method} needs exactly 2 large crops and no small crops, config gives "
-                              f"{cfg.num_large_crops} large and {cfg.num_small_crops} small")
+        require_two_large_crops(cfg)
 
     @property
     def learnable_params(self) -> List[Dict[str, Any]]:
