@@ -76,9 +76,28 @@ def build_data(args) -> str:
     out = os.path.join(args.out, "fashion-scenes")
     if not os.path.isfile(os.path.join(out, "meta.json")):
         log(f"building fashion-scenes ({args.train} train / {args.test} test, {args.size} px) in {out}")
+    variants = () if args.no_unseen else ("unseen_photo",)
     params = FashionScenesParams(n_train=args.train, n_test=args.test, size=args.size, seed=args.data_seed,
-                                 test_variants=("unseen_photo",))
+                                 test_variants=variants, **scene_overrides(args.scene))
     generate_fashion_scenes(out, params, workers=max(1, args.workers), progress=False, fmnist_root=args.fashion_mnist)
+    return out
+
+
+def scene_overrides(items: List[str]) -> Dict[str, object]:
+    """``--scene key=value`` options as FashionScenesParams keyword arguments (values parsed as YAML:
+    ``scale=[0.5,0.9]``, ``background=plain``, ``photos=[astronaut,coffee]``)."""
+    import yaml
+
+    from harl.data.fashion_scenes import FashionScenesParams
+
+    known = {f.name for f in __import__("dataclasses").fields(FashionScenesParams)}
+    out: Dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known - {"n_train", "n_test", "size", "seed"}:
+            raise SystemExit(f"--scene {item!r}: expected key=value with key one of "
+                             f"{', '.join(sorted(known - {'n_train', 'n_test', 'size', 'seed'}))}")
+        out[key] = yaml.safe_load(value)
     return out
 
 
@@ -129,7 +148,7 @@ def evaluate(args, scenes: str, ckpt: Optional[str], seed: int) -> Dict[str, flo
     knn = knn_eval(ckpt, seed=seed, **arch, **common)
     out = {"linear_top1": float(lin["top1"]), "knn_top1": float(knn["top1"])}
     unseen = os.path.join(scenes, "images", UNSEEN_SPLIT)
-    if os.path.isdir(unseen):  # the same probes, tested on scenes whose backgrounds training never saw
+    if os.path.isdir(unseen) and not args.no_unseen:  # the same probes, tested on scenes whose backgrounds training never saw
         u = dict(common, val_path=unseen)
         out["unseen_linear_top1"] = float(linear_probe(ckpt, protocol="cached", head_norm="batchnorm",
                                                        max_epochs=args.probe_epochs, seed=seed, **arch, **u)["top1"])
@@ -345,6 +364,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--fashion-mnist", default=None, help="folder of the Fashion-MNIST IDX files")
     ap.add_argument("--override", action="append", default=[], help="extra pretraining override key=value")
+    ap.add_argument("--no-unseen", action="store_true",
+                    help="skip the unseen-backgrounds test split (quicker; diagnosis runs)")
+    ap.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
+                    help="demo-set parameter (FashionScenesParams), e.g. --scene scale=[0.5,0.9]")
     ap.add_argument("--report-only", action="store_true",
                     help="tabulate the finished cells of <out>/results.jsonl; train and evaluate nothing")
     args = ap.parse_args(argv)

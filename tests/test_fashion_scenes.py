@@ -345,7 +345,7 @@ def test_cli_help_lists_every_knob_and_runs(fmnist_root, tmp_path, capsys):
     flags = {"size": "--size", "scale": "--scale", "background": "--background", "tint": "--tint",
              "n_train": "--train", "n_test": "--test", "seed": "--seed", "threshold": "--threshold",
              "bg_crop": "--bg-crop", "photos": "--photos", "palette": "--palette",
-             "test_variants": "--test-variants", "unseen_photos": "--unseen-photos"}
+             "test_variants": "--test-variants", "unseen_photos": "--unseen-photos", "bg_pool": "--bg-pool"}
     import dataclasses
     assert set(flags) == {f.name for f in dataclasses.fields(FashionScenesParams)}
     for flag in list(flags.values()) + ["--workers", "--force", "--out"]:
@@ -397,3 +397,46 @@ def test_unseen_backgrounds_split_uses_only_held_out_photos(fmnist_root, tmp_pat
         FashionScenesParams(unseen_photos=("moon",))
     with pytest.raises(ValueError, match="test variants only"):
         FashionScenesParams(background="unseen_photo")
+
+
+def test_background_pool_shared_across_splits_and_deterministic(fmnist_root, tmp_path):
+    """bg_pool = N: every photo background is one of N crops, the same N for train and test; the
+    unseen-photo variant has its own pool of held-out photos; objects and layout do not change."""
+    params = _params(n_train=40, n_test=20, bg_pool=3, test_variants=("unseen_photo",))
+    ctx = SceneContext.load(params, fmnist_root)
+    ctx0 = SceneContext.load(params.replace(bg_pool=0), fmnist_root)
+    train = {render_scene(ctx, "train", i)[2]["bg_detail"] for i in range(40)}
+    test = {render_scene(ctx, "test", i)[2]["bg_detail"] for i in range(20)}
+    assert len(train) == 3 and test <= train
+    unseen = {render_scene(ctx, "test", i, "unseen_photo")[2]["bg_detail"] for i in range(20)}
+    assert len(unseen) <= 3 and not unseen & train
+    assert all(u.split(":")[0] in params.unseen_photos for u in unseen)
+    # identical background pixels wherever two scenes drew the same pool entry
+    by_bg = {}
+    for i in range(40):
+        img, mask, rec = render_scene(ctx, "train", i)
+        bg, _ = render_background(ctx, "train", i)
+        assert np.array_equal(img[mask == 0], bg[mask == 0])
+        by_bg.setdefault(rec["bg_detail"], []).append(bg)
+        # the pool changes the background only: same item, place and tint as without a pool
+        img0, mask0, rec0 = render_scene(ctx0, "train", i)
+        assert np.array_equal(mask, mask0) and rec["tint"] == rec0["tint"] and rec["label"] == rec0["label"]
+    for bgs in by_bg.values():
+        assert all(np.array_equal(b, bgs[0]) for b in bgs)
+    with pytest.raises(ValueError, match="bg_pool"):
+        FashionScenesParams(bg_pool=-1)
+
+
+def test_tree_from_before_bg_pool_is_still_accepted(ref_tree, fmnist_root, tmp_path):
+    """A params.json written before ``bg_pool`` existed reads as bg_pool = 0: resuming it is no mismatch."""
+    ref, _ = ref_tree
+    out = tmp_path / "old"
+    shutil.copytree(ref, out)
+    ident = json.loads((out / "params.json").read_text())
+    del ident["params"]["bg_pool"]
+    (out / "params.json").write_text(json.dumps(ident))
+    before = _tree_hashes(str(out / "images"))
+    _gen(out, fmnist_root, workers=1)  # same parameters: complete tree, nothing regenerated
+    assert _tree_hashes(str(out / "images")) == before
+    with pytest.raises(SceneTreeMismatchError, match="bg_pool"):
+        _gen(out, fmnist_root, bg_pool=2)

@@ -162,6 +162,10 @@ class FashionScenesParams:
                    ``unseen_photo`` = crops of ``unseen_photos``, never used for training).
     unseen_photos: names from :data:`PHOTOS` for the ``unseen_photo`` test variant; must not
                    overlap ``photos``.
+    bg_pool:       0 = every scene gets its own background crop; N > 0 = the photo backgrounds are
+                   drawn from a fixed pool of N crops (one pool for ``photos``, shared by the train and
+                   test splits, another for ``unseen_photos``), so many scenes share each cluttered
+                   background and the background alone cannot tell two scenes apart.
     """
 
     size: int = 32
@@ -177,6 +181,7 @@ class FashionScenesParams:
     palette: Tuple[str, ...] = DEFAULT_PALETTE
     test_variants: Tuple[str, ...] = ()
     unseen_photos: Tuple[str, ...] = DEFAULT_UNSEEN_PHOTOS
+    bg_pool: int = 0
 
     def __post_init__(self):
         for name in ("scale", "bg_crop", "photos", "palette", "test_variants", "unseen_photos"):
@@ -200,7 +205,7 @@ class FashionScenesParams:
             bad(f"background='{self.background}': choose from {', '.join(BACKGROUND_STYLES)}")
         if self.tint not in TINT_MODES:
             bad(f"tint='{self.tint}': choose from {', '.join(TINT_MODES)}")
-        for name in ("n_train", "n_test", "seed"):
+        for name in ("n_train", "n_test", "seed", "bg_pool"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 bad(f"{name}={v!r}: need an integer ≥ 0")
@@ -257,6 +262,8 @@ class FashionScenesParams:
 # ----------------------------------------------------------------------------------------------
 
 _SPLIT_CODE = {"train": 0, "test": 1}
+#: first entropy word after the seed of the background-pool generators (not a split code)
+_POOL_CODE = 7
 _PURPOSE_SCENE_OBJECT, _PURPOSE_SCENE_BACKGROUND, _PURPOSE_CLASS_ORDER, _PURPOSE_ITEM_ORDER = 0, 1, 2, 3
 
 
@@ -351,18 +358,24 @@ TINTS: Registry[TintFn] = Registry("tint mode")
 
 @BACKGROUNDS.register("photo")
 def _bg_photo(rng: np.random.Generator, ctx: SceneContext) -> Tuple[np.ndarray, str]:
-    return _photo_crop(rng, ctx, ctx.params.photos)
+    return _photo_crop(rng, ctx, ctx.params.photos, pool_set=0)
 
 
 @BACKGROUNDS.register("unseen_photo")
 def _bg_unseen_photo(rng: np.random.Generator, ctx: SceneContext) -> Tuple[np.ndarray, str]:
-    return _photo_crop(rng, ctx, ctx.params.unseen_photos)
+    return _photo_crop(rng, ctx, ctx.params.unseen_photos, pool_set=1)
 
 
-def _photo_crop(rng: np.random.Generator, ctx: SceneContext, names: Tuple[str, ...]) -> Tuple[np.ndarray, str]:
+def _photo_crop(rng: np.random.Generator, ctx: SceneContext, names: Tuple[str, ...], pool_set: int
+                ) -> Tuple[np.ndarray, str]:
     """A random square crop (side ∈ bg_crop × the photo's shorter side) of one of ``names``,
-    resized to the scene size and flipped with probability 1/2."""
+    resized to the scene size and flipped with probability 1/2. With ``bg_pool = N > 0`` the crop
+    is entry ``k`` (drawn from ``rng``) of a fixed pool of N crops of ``names``: entry ``k`` is
+    drawn from its own generator, seeded by (seed, ``pool_set``, k), the same for every split."""
     p = ctx.params
+    if p.bg_pool > 0:
+        k = int(rng.integers(p.bg_pool))
+        rng = np.random.default_rng(np.random.SeedSequence([p.seed, _POOL_CODE, pool_set, k]))
     name = names[int(rng.integers(len(names)))]
     photo = ctx.photos[name]
     w, h = photo.size
@@ -545,6 +558,17 @@ def _identity(params: FashionScenesParams) -> dict:
     return {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "params": params.to_dict()}
 
 
+#: parameters added after version 1.0, with the value that renders exactly what older trees hold
+#: (a params.json written before a key existed is read as having this value)
+_ADDED_DEFAULTS = {"bg_pool": 0}
+
+
+def _with_added_defaults(identity: dict) -> dict:
+    if isinstance(identity, dict) and isinstance(identity.get("params"), dict):
+        identity = dict(identity, params={**_ADDED_DEFAULTS, **identity["params"]})
+    return identity
+
+
 def _remove_owned(out_dir: str) -> None:
     for name in _OWNED:
         p = os.path.join(out_dir, name)
@@ -570,14 +594,14 @@ def _check_existing(out_dir: str, params: FashionScenesParams, force: bool) -> N
                 old = json.load(f)
         except (OSError, ValueError) as err:
             old, problem = None, f"{ppath} is unreadable ({err})"
-        if old is not None and old != _identity(params):
+        if old is not None and _with_added_defaults(old) != _identity(params):
             diffs = []
             if old.get("generator") != GENERATOR_NAME or old.get("version") != GENERATOR_VERSION:
                 diffs.append(f"generator {old.get('generator')} {old.get('version')} ≠ "
                              f"{GENERATOR_NAME} {GENERATOR_VERSION}")
             old_params = old.get("params", {}) if isinstance(old.get("params"), dict) else {}
             for k, v in params.to_dict().items():
-                if old_params.get(k) != v:
+                if old_params.get(k, _ADDED_DEFAULTS.get(k)) != v:
                     diffs.append(f"{k}: existing {old_params.get(k)!r} vs requested {v!r}")
             problem = f"{out_dir} was generated with different parameters ({'; '.join(diffs) or 'see params.json'})"
     if problem is None:
