@@ -46,6 +46,10 @@ EXPERIMENTS: Dict[str, Dict[str, object]] = {
                8, "--scene", "bg_pool=16", "--override", "augmentations.0.rrc.crop_min_scale=0.35"),
     "E05": exp("shared backgrounds alone (a pool of 16 photo crops)", ["random", "simclr"], 8,
                "--scene", "bg_pool=16"),
+    "E06": exp("clutter at half contrast (bg_contrast 0.5)", ["random", "supervised", "simclr"], 8,
+               "--scene", "bg_contrast=0.5"),
+    "E07": exp("clutter at quarter contrast (bg_contrast 0.25)", ["random", "simclr"], 8,
+               "--scene", "bg_contrast=0.25"),
 }
 
 

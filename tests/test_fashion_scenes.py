@@ -345,7 +345,8 @@ def test_cli_help_lists_every_knob_and_runs(fmnist_root, tmp_path, capsys):
     flags = {"size": "--size", "scale": "--scale", "background": "--background", "tint": "--tint",
              "n_train": "--train", "n_test": "--test", "seed": "--seed", "threshold": "--threshold",
              "bg_crop": "--bg-crop", "photos": "--photos", "palette": "--palette",
-             "test_variants": "--test-variants", "unseen_photos": "--unseen-photos", "bg_pool": "--bg-pool"}
+             "test_variants": "--test-variants", "unseen_photos": "--unseen-photos", "bg_pool": "--bg-pool",
+             "bg_contrast": "--bg-contrast"}
     import dataclasses
     assert set(flags) == {f.name for f in dataclasses.fields(FashionScenesParams)}
     for flag in list(flags.values()) + ["--workers", "--force", "--out"]:
@@ -440,3 +441,31 @@ def test_tree_from_before_bg_pool_is_still_accepted(ref_tree, fmnist_root, tmp_p
     assert _tree_hashes(str(out / "images")) == before
     with pytest.raises(SceneTreeMismatchError, match="bg_pool"):
         _gen(out, fmnist_root, bg_pool=2)
+
+
+def test_background_contrast_scales_clutter_around_the_mean(fmnist_root):
+    """bg_contrast = c: every background pixel = m + c·(x − m) (m: the crop's mean colour, integer
+    rounding), checked against the full-contrast background by a naive per-pixel loop."""
+    params = _params(n_train=6, n_test=0, test_variants=())
+    full = SceneContext.load(params, fmnist_root)
+    half = SceneContext.load(params.replace(bg_contrast=0.5), fmnist_root)
+    flat = SceneContext.load(params.replace(bg_contrast=0.0), fmnist_root)
+    for i in range(6):
+        x, _ = render_background(full, "train", i)
+        y, _ = render_background(half, "train", i)
+        z, _ = render_background(flat, "train", i)
+        h, w, _ = x.shape
+        for ch in range(3):
+            m = int(x[:, :, ch].astype(np.int64).sum()) // (h * w)
+            assert (z[:, :, ch] == m).all()
+            for r in range(0, h, 5):
+                for c in range(0, w, 5):
+                    want = min(255, max(0, m + ((int(x[r, c, ch]) - m) * 512 + 512) // 1024))
+                    assert int(y[r, c, ch]) == want
+        assert y.astype(float).std() < x.astype(float).std()
+        # the object and its mask do not change
+        a, ma, _ = render_scene(full, "train", i)
+        b, mb, _ = render_scene(half, "train", i)
+        assert np.array_equal(ma, mb) and np.array_equal(a[ma > 0], b[mb > 0])
+    with pytest.raises(ValueError, match="bg_contrast"):
+        FashionScenesParams(bg_contrast=1.5)

@@ -162,6 +162,8 @@ class FashionScenesParams:
                    ``unseen_photo`` = crops of ``unseen_photos``, never used for training).
     unseen_photos: names from :data:`PHOTOS` for the ``unseen_photo`` test variant; must not
                    overlap ``photos``.
+    bg_contrast:   clutter strength in [0, 1]: background = its mean colour + bg_contrast × (background −
+                   its mean colour), per channel (1 = the background as drawn, 0 = its flat mean colour).
     bg_pool:       0 = every scene gets its own background crop; N > 0 = the photo backgrounds are
                    drawn from a fixed pool of N crops (one pool for ``photos``, shared by the train and
                    test splits, another for ``unseen_photos``), so many scenes share each cluttered
@@ -182,6 +184,7 @@ class FashionScenesParams:
     test_variants: Tuple[str, ...] = ()
     unseen_photos: Tuple[str, ...] = DEFAULT_UNSEEN_PHOTOS
     bg_pool: int = 0
+    bg_contrast: float = 1.0
 
     def __post_init__(self):
         for name in ("scale", "bg_crop", "photos", "palette", "test_variants", "unseen_photos"):
@@ -209,6 +212,8 @@ class FashionScenesParams:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 bad(f"{name}={v!r}: need an integer ≥ 0")
+        if not isinstance(self.bg_contrast, (int, float)) or not 0.0 <= self.bg_contrast <= 1.0:
+            bad(f"bg_contrast={self.bg_contrast!r}: need 0 ≤ bg_contrast ≤ 1")
         if not 0.0 <= self.threshold < 1.0:
             bad(f"threshold={self.threshold}: need 0 ≤ threshold < 1")
         if len(self.bg_crop) != 2 or not 0.0 < self.bg_crop[0] <= self.bg_crop[1] <= 1.0:
@@ -432,7 +437,13 @@ def render_background(ctx: SceneContext, source: str, index: int, style: Optiona
                       ) -> Tuple[np.ndarray, str]:
     """Background of scene ``index`` (uint8 H×W×3) and a short description of it."""
     rng = _rng(ctx.params, source, _PURPOSE_SCENE_BACKGROUND, index)
-    return BACKGROUNDS.get(style or ctx.params.background)(rng, ctx)
+    image, detail = BACKGROUNDS.get(style or ctx.params.background)(rng, ctx)
+    c = ctx.params.bg_contrast
+    if c != 1.0:  # integer arithmetic: byte-identical on every platform
+        mean = image.reshape(-1, 3).astype(np.int64).sum(0) // (image.shape[0] * image.shape[1])
+        k = int(round(c * 1024))
+        image = (mean + ((image.astype(np.int64) - mean) * k + 512) // 1024).clip(0, 255).astype(np.uint8)
+    return image, detail
 
 
 def render_scene(ctx: SceneContext, source: str, index: int, background: Optional[str] = None
@@ -560,7 +571,7 @@ def _identity(params: FashionScenesParams) -> dict:
 
 #: parameters added after version 1.0, with the value that renders exactly what older trees hold
 #: (a params.json written before a key existed is read as having this value)
-_ADDED_DEFAULTS = {"bg_pool": 0}
+_ADDED_DEFAULTS = {"bg_pool": 0, "bg_contrast": 1.0}
 
 
 def _with_added_defaults(identity: dict) -> dict:
