@@ -22,6 +22,8 @@ RECIPES = os.path.join(ROOT, "scripts", "pretrain", "fashion-scenes")
 #: chosen by measurement on 2 CPU cores (docs/benchmarks.md, "Quickstart budget")
 DEFAULTS = {"method": "harl", "epochs": 6, "train": 10000, "test": 2000, "size": 32, "width": 16,
             "batch": 256, "workers": 2}
+#: demo-set parameters that differ from the generator's defaults (docs/benchmarks.md, "Diagnosis")
+DEMO_SCENES: Dict[str, object] = {}
 
 
 def _say(msg: str) -> None:
@@ -59,12 +61,26 @@ def find_fashion_mnist(explicit: Optional[str], out: str) -> str:
     return target
 
 
+def scene_params(args) -> Dict[str, object]:
+    """The demo set's parameters: the generator's defaults, :data:`DEMO_SCENES`, ``--scene`` options."""
+    import yaml
+
+    out: Dict[str, object] = dict(DEMO_SCENES)
+    for item in args.scene:
+        key, sep, value = item.partition("=")
+        if not sep or key in ("n_train", "n_test", "size", "seed"):
+            raise SystemExit(f"quickstart: --scene {item!r}: expected KEY=VALUE with a demo-set parameter other "
+                             f"than the ones with their own option (--train, --test, --size, --data-seed)")
+        out[key] = yaml.safe_load(value)
+    return {**out, "n_train": args.train, "n_test": args.test, "size": args.size, "seed": args.data_seed}
+
+
 def build_scenes(args, fm_root: str) -> str:
     # lazy: keeps the command's start-up light
     from harl.data.fashion_scenes import FashionScenesParams, generate_fashion_scenes
 
     out = os.path.join(args.out, "data", "fashion-scenes")
-    params = FashionScenesParams(n_train=args.train, n_test=args.test, size=args.size, seed=args.data_seed)
+    params = FashionScenesParams.from_dict(scene_params(args))
     _say(f"demo set: {args.train} train / {args.test} test scenes at {args.size} px → {out}")
     generate_fashion_scenes(out, params, workers=args.workers, progress=not args.quiet, fmnist_root=fm_root)
     return out
@@ -101,6 +117,9 @@ def print_table(rows: List[Dict]) -> str:
     lines = ["", "| backbone | linear top-1 (%) | kNN top-1 (%) |", "|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['linear_top1']:.1f} | {r['knn_top1']:.1f} |")
+    if len(rows) == 2:  # pretrained and random init: the gain pretraining bought
+        gain = {k: rows[0][k] - rows[1][k] for k in ("linear_top1", "knn_top1")}
+        lines.append(f"| **gain over random init** | **{gain['linear_top1']:+.1f}** | **{gain['knn_top1']:+.1f}** |")
     text = "\n".join(lines)
     print(text)
     return text
@@ -125,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="data loader / generator processes")
     ap.add_argument("--seed", type=int, default=0, help="training and evaluation seed")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the demo set")
+    ap.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"demo-set parameter (harl-scenes' knobs, e.g. bg_contrast=0.5); preset: {DEMO_SCENES or 'none'}")
     ap.add_argument("--fashion-mnist", default=None, help="folder with Fashion-MNIST's IDX files")
     ap.add_argument("--no-baseline", action="store_true", help="skip the random-init evaluation")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -133,11 +154,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its finished children (loader workers...)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "offline")
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
     fm = find_fashion_mnist(args.fashion_mnist, args.out)
     scenes = build_scenes(args, fm)
     run = pretrain_run(args, scenes)
@@ -156,10 +185,13 @@ def main(argv=None) -> int:
     paths = [run.run_dir] + [p for r in rows for p in r["results"]]
     files = make_report(paths, report_dir, title="harl quickstart", data_path=scenes)
     summary = {"method": args.method, "epochs": args.epochs, "rows": rows, "run_dir": run.run_dir,
-               "checkpoint": run.last_checkpoint, "minutes": round((time.time() - t0) / 60, 1)}
+               "checkpoint": run.last_checkpoint, "minutes": round((time.time() - t0) / 60, 1),
+               "cpu_seconds": round(cpu_seconds() - cpu0), "load_avg_1min": round(os.getloadavg()[0], 2),
+               "seed": args.seed, "scenes": scene_params(args)}
     atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(summary, indent=2))
     atomic_write_text(os.path.join(args.out, "results.md"), table.strip() + "\n")
-    _say(f"done in {summary['minutes']} min. Results: {os.path.join(args.out, 'results.md')}; "
+    _say(f"done in {summary['minutes']} min wall, {summary['cpu_seconds']} CPU s "
+         f"(load average {summary['load_avg_1min']}). Results: {os.path.join(args.out, 'results.md')}; "
          f"report and plots: {files.markdown}")
     return 0
 

@@ -346,7 +346,7 @@ def test_cli_help_lists_every_knob_and_runs(fmnist_root, tmp_path, capsys):
              "n_train": "--train", "n_test": "--test", "seed": "--seed", "threshold": "--threshold",
              "bg_crop": "--bg-crop", "photos": "--photos", "palette": "--palette",
              "test_variants": "--test-variants", "unseen_photos": "--unseen-photos", "bg_pool": "--bg-pool",
-             "bg_contrast": "--bg-contrast"}
+             "bg_contrast": "--bg-contrast", "bg_dim": "--bg-dim"}
     import dataclasses
     assert set(flags) == {f.name for f in dataclasses.fields(FashionScenesParams)}
     for flag in list(flags.values()) + ["--workers", "--force", "--out"]:
@@ -469,3 +469,14 @@ def test_background_contrast_scales_clutter_around_the_mean(fmnist_root):
         assert np.array_equal(ma, mb) and np.array_equal(a[ma > 0], b[mb > 0])
     with pytest.raises(ValueError, match="bg_contrast"):
         FashionScenesParams(bg_contrast=1.5)
+    # bg_dim scales the (contrast-adjusted) background towards black: round(x · k / 1024)
+    dim = SceneContext.load(params.replace(bg_contrast=0.5, bg_dim=0.25), fmnist_root)
+    for i in range(3):
+        y, _ = render_background(half, "train", i)
+        d, _ = render_background(dim, "train", i)
+        want = (y.astype(np.int64) * 256 + 512) // 1024
+        assert np.array_equal(d, want.astype(np.uint8))
+    black = SceneContext.load(params.replace(bg_dim=0.0), fmnist_root)
+    assert not render_background(black, "train", 0)[0].any()
+    with pytest.raises(ValueError, match="bg_dim"):
+        FashionScenesParams(bg_dim=-0.1)

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "photo crops shared by the train and test splits (the background cannot tell scenes apart)")
     p.add_argument("--bg-contrast", type=float, default=d.bg_contrast,
                    help="clutter strength in [0, 1]: background = mean colour + bg_contrast × (background − mean)")
+    p.add_argument("--bg-dim", type=float, default=d.bg_dim,
+                   help="background brightness factor in [0, 1] after --bg-contrast (0 = black)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
     p.add_argument("--fmnist-root", default=None,
                    help=f"folder with the Fashion-MNIST IDX files (None: $HARL_FASHION_MNIST, else {DEFAULT_ROOT})")
@@ -80,13 +82,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     check_args(parser, args, {"size": Int(ge=1), "scale": Seq(Num(gt=0, le=1), length=2),
                               "bg_crop": Seq(Num(gt=0, le=1), length=2), "n_train": Int(ge=0), "n_test": Int(ge=0),
                               "seed": Int(ge=0), "threshold": Num(), "workers": Int(ge=1),
-                              "bg_pool": Int(ge=0), "bg_contrast": Num(ge=0, le=1)})
+                              "bg_pool": Int(ge=0), "bg_contrast": Num(ge=0, le=1),
+                              "bg_dim": Num(ge=0, le=1)})
     params = FashionScenesParams(
         size=args.size, scale=tuple(args.scale), background=args.background, tint=args.tint,
         n_train=args.n_train, n_test=args.n_test, seed=args.seed, threshold=args.threshold,
         bg_crop=tuple(args.bg_crop), photos=tuple(args.photos), palette=tuple(args.palette),
         test_variants=tuple(args.test_variants), unseen_photos=tuple(args.unseen_photos), bg_pool=args.bg_pool,
-        bg_contrast=args.bg_contrast,
+        bg_contrast=args.bg_contrast, bg_dim=args.bg_dim,
     )
     t0 = time.perf_counter()
     meta = generate_fashion_scenes(args.out, params, workers=args.workers, force=args.force,

@@ -164,6 +164,8 @@ class FashionScenesParams:
                    overlap ``photos``.
     bg_contrast:   clutter strength in [0, 1]: background = its mean colour + bg_contrast × (background −
                    its mean colour), per channel (1 = the background as drawn, 0 = its flat mean colour).
+    bg_dim:        background brightness factor in [0, 1], applied after ``bg_contrast``: background ×
+                   bg_dim (1 = as drawn, 0 = black); a dim cluttered background.
     bg_pool:       0 = every scene gets its own background crop; N > 0 = the photo backgrounds are
                    drawn from a fixed pool of N crops (one pool for ``photos``, shared by the train and
                    test splits, another for ``unseen_photos``), so many scenes share each cluttered
@@ -185,6 +187,7 @@ class FashionScenesParams:
     unseen_photos: Tuple[str, ...] = DEFAULT_UNSEEN_PHOTOS
     bg_pool: int = 0
     bg_contrast: float = 1.0
+    bg_dim: float = 1.0
 
     def __post_init__(self):
         for name in ("scale", "bg_crop", "photos", "palette", "test_variants", "unseen_photos"):
@@ -214,6 +217,8 @@ class FashionScenesParams:
                 bad(f"{name}={v!r}: need an integer ≥ 0")
         if not isinstance(self.bg_contrast, (int, float)) or not 0.0 <= self.bg_contrast <= 1.0:
             bad(f"bg_contrast={self.bg_contrast!r}: need 0 ≤ bg_contrast ≤ 1")
+        if not isinstance(self.bg_dim, (int, float)) or not 0.0 <= self.bg_dim <= 1.0:
+            bad(f"bg_dim={self.bg_dim!r}: need 0 ≤ bg_dim ≤ 1")
         if not 0.0 <= self.threshold < 1.0:
             bad(f"threshold={self.threshold}: need 0 ≤ threshold < 1")
         if len(self.bg_crop) != 2 or not 0.0 < self.bg_crop[0] <= self.bg_crop[1] <= 1.0:
@@ -443,6 +448,9 @@ def render_background(ctx: SceneContext, source: str, index: int, style: Optiona
         mean = image.reshape(-1, 3).astype(np.int64).sum(0) // (image.shape[0] * image.shape[1])
         k = int(round(c * 1024))
         image = (mean + ((image.astype(np.int64) - mean) * k + 512) // 1024).clip(0, 255).astype(np.uint8)
+    if ctx.params.bg_dim != 1.0:
+        k = int(round(ctx.params.bg_dim * 1024))
+        image = ((image.astype(np.int64) * k + 512) // 1024).astype(np.uint8)
     return image, detail
 
 
@@ -571,7 +579,7 @@ def _identity(params: FashionScenesParams) -> dict:
 
 #: parameters added after version 1.0, with the value that renders exactly what older trees hold
 #: (a params.json written before a key existed is read as having this value)
-_ADDED_DEFAULTS = {"bg_pool": 0, "bg_contrast": 1.0}
+_ADDED_DEFAULTS = {"bg_pool": 0, "bg_contrast": 1.0, "bg_dim": 1.0}
 
 
 def _with_added_defaults(identity: dict) -> dict:
