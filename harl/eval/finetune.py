@@ -50,6 +50,7 @@ from harl.config_values import COMMON_VALUES, MEAN_STD, Bool, Either, Int, Num, 
 from harl.config_values import check_values
 from harl.eval.pretrained import file_sha256
 from harl.eval.pretrained import load_pretrained_backbone
+from harl.utils.device import resolve_device  # the one resolver (re-exported here)
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -266,18 +267,6 @@ class FinetuneModel(nn.Module):
         if self._input_transform:
             x = self._input_transform[0](x)
         return self.classifier(self.backbone(x))
-
-
-def resolve_device(accelerator: Optional[str] = None) -> torch.device:
-    acc = (accelerator or "auto").lower()
-    if acc in ("cuda", "gpu"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"accelerator '{accelerator}' was requested but no CUDA device is available; "
-                              "override with accelerator=cpu")
-        return torch.device("cuda")
-    if acc == "cpu":
-        return torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _autocast(device: torch.device, precision: str):
