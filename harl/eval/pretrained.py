@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
@@ -202,31 +201,19 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
     return str(name), kwargs
 
 
-_LAYER_RE = re.compile(r"^layer([1-4])\.(\d+)\.")
-_RESNET_LAYOUTS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
-                   ((3, 4, 6, 3), True): "resnet50"}
-
-
 def infer_resnet_architecture(state_dict: Dict[str, torch.Tensor]) -> Tuple[Optional[str], Dict[str, Any]]:
     """``(name, kwargs)`` of a torchvision-style ResNet state dict (bare backbone keys), or (None, {}).
 
     Depth from the number of blocks per stage (and Bottleneck ``conv3``), ``width`` from
-    ``conv1.weight``'s output channels, ``cifar_stem`` from its 3×3 kernel.
+    ``conv1.weight``'s output channels, ``cifar_stem`` from its 3×3 kernel
+    (:meth:`harl.backbones.resnet_spec.ResNetSpec.from_state_dict`).
     """
-    w = state_dict.get("conv1.weight")
-    if w is None or w.dim() != 4:
+    from harl.backbones.resnet_spec import ResNetSpec  # lazy: imports torchvision
+
+    spec = ResNetSpec.from_state_dict(state_dict)
+    if spec is None:
         return None, {}
-    blocks = {1: set(), 2: set(), 3: set(), 4: set()}
-    for k in state_dict:
-        m = _LAYER_RE.match(k)
-        if m:
-            blocks[int(m.group(1))].add(int(m.group(2)))
-    layout = tuple(len(blocks[i]) for i in (1, 2, 3, 4))
-    bottleneck = "layer1.0.conv3.weight" in state_dict
-    name = _RESNET_LAYOUTS.get((layout, bottleneck))
-    if name is None:
-        return None, {}
-    return name, {"width": int(w.shape[0]), "cifar_stem": int(w.shape[-1]) == 3}
+    return spec.name, spec.inferred_kwargs()
 
 
 # ---------------------------------------------------------------------------------------------
