@@ -20,7 +20,8 @@ How the architecture is found, first match wins for each piece:
    ``args.json``): depth from the block layout, ``width`` from ``conv1``'s output channels and
    ``cifar_stem`` from its 3×3 kernel.
 
-The weights are then loaded **strictly** (:func:`harl.checkpoint.strict_load`): any missing,
+The weights are then loaded **strictly** (:func:`harl.checkpoint.load_backbone`, the one path from a
+weights file into a backbone; :func:`harl.checkpoint.strict_load` underneath): any missing,
 unexpected or mis-shaped key raises :class:`~harl.errors.CheckpointMismatchError` naming
 the keys. Supported files: ``.ckpt`` (harl and solo-learn Lightning checkpoints), ``.pth`` /
 ``.pt`` (a bare backbone state dict, a full model state dict, or a dict holding ``state_dict`` /
@@ -58,7 +59,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.checkpoint import backbone_state_dict, read_run_config, read_state_dict, strict_load
+from harl.checkpoint import load_backbone, read_backbone_state_dict, read_run_config
 from harl.errors import CheckpointMismatchError
 from harl.registry import DATASETS, METHODS
 
@@ -286,7 +287,7 @@ def load_pretrained_backbone(path: Optional[str], backbone_name: Optional[str] =
         arch_source = "explicit"
 
     if path is not None and (not random_init or name is None or run_cfg is None):
-        sd = backbone_state_dict(read_state_dict(path), prefix=prefix)
+        sd = read_backbone_state_dict(path, prefix=prefix)
     if name is None:
         inferred_name, inferred_kwargs = infer_resnet_architecture(sd or {})
         if inferred_name is None:
@@ -307,7 +308,7 @@ def load_pretrained_backbone(path: Optional[str], backbone_name: Optional[str] =
 
     backbone = _build(name, kwargs, seed)
     if sd is not None:
-        strict_load(backbone, sd, source=f"checkpoint '{path}' ({prefix}*)")
+        load_backbone(path, backbone, prefix=prefix, state_dict=sd, source=f"checkpoint '{path}' ({prefix}*)")
     backbone.eval()
 
     info: Dict[str, Any] = {"path": path, "sha256": sha, "random_init": sd is None}
