@@ -213,6 +213,16 @@ class ResNetSpec:
         return model
 
 
+def dataset_cifar_stem(dataset: Any) -> bool:
+    """The ``cifar_stem`` default for a dataset: its catalog entry's ``small_images`` (False when the
+    dataset is not in the catalog). Pretraining and every rebuild of a run's backbone fill it in
+    with this when ``backbone.kwargs`` leave it out."""
+    from harl.registry import DATASETS
+
+    spec = DATASETS.get(dataset) if dataset in DATASETS else None
+    return bool(spec.small_images) if spec is not None else False
+
+
 def _builder(name: str):
     def build(**kwargs) -> SSLResNet:
         return ResNetSpec.from_kwargs(name, kwargs).build()
@@ -225,4 +235,4 @@ for _name in RESNET_NAMES:
     BACKBONES.register(_name, _builder(_name))
 
 
-__all__ = ["ResNetSpec", "RESNET_LAYOUTS", "RESNET_NAMES", "RESNET_KWARGS", "RESNET_ARCH_KWARGS"]
+__all__ = ["ResNetSpec", "RESNET_LAYOUTS", "RESNET_NAMES", "RESNET_KWARGS", "RESNET_ARCH_KWARGS", "dataset_cifar_stem"]

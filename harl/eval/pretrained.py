@@ -61,7 +61,7 @@ from torch import nn
 
 from harl.checkpoint import load_backbone, read_backbone_state_dict, read_run_config
 from harl.errors import CheckpointMismatchError
-from harl.registry import DATASETS, METHODS
+from harl.registry import METHODS
 
 #: SGM's default high-pass filter (docs/methods/sgm.md)
 DEFAULT_HP_KERNEL = 11
@@ -186,6 +186,7 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
     if _is_linear_run(run_cfg):
         return str(name), kwargs  # a linear run stores the resolved architecture
     from harl.backbones import BACKBONES  # lazy: imports torchvision
+    from harl.backbones.resnet_spec import dataset_cifar_stem
 
     method = _get(run_cfg, "method")
     if name in BACKBONES:
@@ -196,9 +197,7 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
             for key, value in cls.backbone_overrides(method_kwargs).items():
                 kwargs.setdefault(key, value)
     if name in BACKBONES and "cifar_stem" not in kwargs:
-        dataset = _get(run_cfg, "data.dataset")
-        spec = DATASETS.get(dataset) if dataset in DATASETS else None
-        kwargs["cifar_stem"] = bool(spec.small_images) if spec is not None else False
+        kwargs["cifar_stem"] = dataset_cifar_stem(_get(run_cfg, "data.dataset"))
     return str(name), kwargs
 
 
