@@ -17,7 +17,7 @@ import numpy as np
 
 from harl.masks.registry import GeneratorSpec, param, register_generator
 from harl.masks.ops import count_components
-from harl.utils.device import resolve_device  # noqa: F401  (the one resolver; re-exported)
+from harl.utils.device import resolve_device  # the one resolver (re-exported here)
 
 
 DEFAULT_SHORT_SIDE = 320
