@@ -17,8 +17,9 @@ Auto-resume (:func:`choose_resume`) picks, among the runs whose config matches, 
 furthest along (ties: the newest file) that reads back completely; a torn one is renamed
 ``*.ckpt.torn`` and named in the log line that explains the choice.
 
-Loading a backbone is always strict: :func:`load_backbone` raises
-:class:`CheckpointMismatchError` listing every missing, unexpected and mis-shaped key.
+Loading a backbone is always strict: :func:`load_backbone` (the one path from a weights file into a
+backbone) raises :class:`CheckpointMismatchError` listing every missing, unexpected and mis-shaped
+key.
 """
 
 from __future__ import annotations
@@ -395,6 +396,38 @@ class Checkpointer(Callback):
 # ---------------------------------------------------------------------------------------------
 
 
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return (text.splitlines() or [""])[0][:limit]
+
+
+def read_checkpoint(path: str, trust: bool = False) -> Any:
+    """The whole object in a checkpoint file (``.safetensors``: its tensors), for ``harl-zoo import``.
+
+    Read with ``weights_only=True``; a file that needs unpickling of arbitrary Python objects (which
+    can run code from the file) is refused unless ``trust`` (CLI: ``--trust``) says its source is
+    trusted. This is the only place harl unpickles a weights file it did not write.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        if not trust:
+            raise CheckpointMismatchError(
+                f"'{path}' holds pickled Python objects besides tensors (e.g. its hyper-parameters), and "
+                f"unpickling them can run code from the file; pass trust=True (CLI: --trust) if you trust "
+                f"its source ({type(err).__name__}: {_first_line(err)})") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointMismatchError(f"could not read checkpoint '{path}': {err}") from err
+
+
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """The state dict inside a ``.ckpt``/``.pth``/``.pt``/``.safetensors`` file (full model keys)."""
     if not os.path.isfile(path):
@@ -464,10 +497,30 @@ def strict_load(module: nn.Module, state_dict: Dict[str, torch.Tensor], source: 
                            strict=not ignore)  # with ignored keys only those may be absent: checked above
 
 
-def load_backbone(path: str, backbone: nn.Module, ignore: Iterable[str] = ()) -> nn.Module:
-    """Load the ``backbone.*`` weights of checkpoint ``path`` into ``backbone`` strictly."""
-    sd = backbone_state_dict(read_state_dict(path))
-    strict_load(backbone, sd, source=f"checkpoint '{path}'", ignore=ignore)
+def read_backbone_state_dict(path: str, prefix: str = "backbone.") -> Dict[str, torch.Tensor]:
+    """The ``prefix*`` weights of checkpoint ``path``, prefix stripped (:func:`read_state_dict` +
+    :func:`backbone_state_dict`; read with ``weights_only=True``)."""
+    return backbone_state_dict(read_state_dict(path), prefix=prefix)
+
+
+def load_backbone(path: str, backbone: nn.Module, ignore: Iterable[str] = (), *, prefix: str = "backbone.",
+                  state_dict: Optional[Dict[str, torch.Tensor]] = None, source: Optional[str] = None) -> nn.Module:
+    """Load the ``prefix*`` weights of checkpoint ``path`` into ``backbone`` strictly.
+
+    This is harl's one path from a weights file into a backbone module; every command, evaluation
+    mode and the zoo end here (the architecture-resolving front is
+    :func:`harl.eval.pretrained.load_pretrained_backbone`). The file is read with
+    ``weights_only=True`` (nothing is unpickled); any missing, unexpected or mis-shaped key raises
+    :class:`CheckpointMismatchError` naming it. ``ignore`` lists keys (or ``prefix.``-style
+    prefixes) the caller drops explicitly, by name (a classifier's head).
+
+    Args:
+        state_dict: the file's backbone state dict when the caller has read it already
+            (:func:`read_backbone_state_dict` of ``path`` and ``prefix``), so it is not read twice.
+        source: how the error message names the file (default ``checkpoint '<path>'``).
+    """
+    sd = state_dict if state_dict is not None else read_backbone_state_dict(path, prefix=prefix)
+    strict_load(backbone, sd, source=source or f"checkpoint '{path}'", ignore=ignore)
     return backbone
 
 

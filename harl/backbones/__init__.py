@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from harl.backbones import resnet  # noqa: F401  (registers resnet18/34/50)
+from harl.backbones import resnet_spec  # noqa: F401  (registers resnet18/34/50)
 from harl.backbones import vit  # noqa: F401  (registers vit_tiny/small/base/large)
 from harl.backbones.registry import BACKBONES
 from harl.backbones.resnet import SSLResNet

@@ -8,20 +8,43 @@ extra methods:
 - ``forward(x)``: B×3×H×W → pooled B×C.
 
 ``num_features`` is C. With the default width (64) its state dict loads strictly into a
-plain ``torchvision.models.resnet18/50``.
+plain ``torchvision.models.resnet18/50``. The names ``resnet18/34/50`` and their ``backbone.kwargs``
+are described (and registered) by :class:`harl.backbones.resnet_spec.ResNetSpec`.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Type, Union
+from typing import Any, Dict, List, Sequence, Type, Union
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from harl.backbones.registry import BACKBONES
-from harl.errors import ConfigError
-from harl.registry import close_match_hint
+
+def cifar_stem_conv(width: int):
+    """The CIFAR stem's ``conv1`` (3×3, stride 1, padding 2, no bias), PyTorch's default init."""
+    return nn.Conv2d(3, width, kernel_size=3, stride=1, padding=2, bias=False)
+
+
+def build_stages(model, block, layers: Sequence[int], width: int, c5_stride1: bool, c5_dilate: bool) -> Dict[str, Any]:
+    """New ``conv1``, ``bn1``, ``layer1`` … ``layer4`` of a torchvision ``ResNet`` at ``width``.
+
+    Made in that order with ``model._make_layer`` (which reads and updates ``model.inplanes`` /
+    ``model.dilation``; both are reset here); ``layer4`` has stride 1 with ``c5_stride1``
+    (dilation 2 with ``c5_dilate``). The caller assigns them (in its own registration order).
+    """
+    model.inplanes, model.dilation = width, 1
+    out: Dict[str, Any] = {}
+    out["conv1"] = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    out["bn1"] = nn.BatchNorm2d(width)
+    out["layer1"] = model._make_layer(block, width, layers[0])
+    out["layer2"] = model._make_layer(block, width * 2, layers[1], stride=2)
+    out["layer3"] = model._make_layer(block, width * 4, layers[2], stride=2)
+    if c5_stride1 and c5_dilate:
+        out["layer4"] = model._make_layer(block, width * 8, layers[3], stride=2, dilate=True)
+    else:
+        out["layer4"] = model._make_layer(block, width * 8, layers[3], stride=1 if c5_stride1 else 2)
+    return out
 
 
 class SSLResNet(ResNet):
@@ -46,7 +69,7 @@ class SSLResNet(ResNet):
         self.num_features = width * 8 * block.expansion
         if cifar_stem:
             # 3×3 stride-1 conv with padding 2 and no max-pool (solo-learn): 32 px → 5×5 c5 map
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=2, bias=False)
+            self.conv1 = cifar_stem_conv(width)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.maxpool = nn.Identity()
         self.cifar_stem = cifar_stem
@@ -54,21 +77,14 @@ class SSLResNet(ResNet):
     def _build_custom(self, block, layers, width, zero_init_residual, c5_stride1, c5_dilate):
         nn.Module.__init__(self)
         self._norm_layer = nn.BatchNorm2d
-        self.inplanes = width
-        self.dilation = 1
         self.groups = 1
         self.base_width = 64  # torchvision's per-group width (BasicBlock requires 64)
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        stages = build_stages(self, block, layers, width, c5_stride1, c5_dilate)
+        self.conv1, self.bn1 = stages["conv1"], stages["bn1"]
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, width, layers[0])
-        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-        if c5_stride1 and c5_dilate:
-            self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2, dilate=True)
-        else:
-            self.layer4 = self._make_layer(block, width * 8, layers[3], stride=1 if c5_stride1 else 2)
+        for key in ("layer1", "layer2", "layer3", "layer4"):
+            setattr(self, key, stages[key])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Identity()
         for m in self.modules():
@@ -101,25 +117,3 @@ class SSLResNet(ResNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(x))
-
-
-def _resnet(block, layers):
-    def build(cifar_stem: bool = False, width: int = 64, zero_init_residual: bool = False,
-              c5_stride1: bool = False, c5_dilate: bool = False, **unexpected) -> SSLResNet:
-        if unexpected:
-            key = next(iter(unexpected))
-            valid = ["cifar_stem", "width", "zero_init_residual", "c5_stride1", "c5_dilate"]
-            raise ConfigError(f"unknown config key 'backbone.kwargs.{key}'{close_match_hint(key, valid)}")
-        if c5_dilate and c5_stride1 and block is BasicBlock:
-            raise ConfigError("backbone.kwargs.c5_dilate (HARL method_kwargs.c5_dilate) needs a Bottleneck ResNet "
-                              "(resnet50): torchvision's BasicBlock (resnet18/34) has no dilation; use c5_stride1 "
-                              "without c5_dilate")
-        return SSLResNet(block, layers, width=width, cifar_stem=cifar_stem,
-                         zero_init_residual=zero_init_residual, c5_stride1=c5_stride1, c5_dilate=c5_dilate)
-
-    return build
-
-
-BACKBONES.register("resnet18", _resnet(BasicBlock, [2, 2, 2, 2]))
-BACKBONES.register("resnet34", _resnet(BasicBlock, [3, 4, 6, 3]))
-BACKBONES.register("resnet50", _resnet(Bottleneck, [3, 4, 6, 3]))

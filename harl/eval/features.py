@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from harl.utils.device import resolve_device  # the one resolver (re-exported here)
+
 CACHE_FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 8 << 30  # 8 GiB of feature maps before extract_feature_maps refuses
 
@@ -181,12 +183,6 @@ def save_feature_cache(path: str, key: Key, tensors: Dict[str, torch.Tensor]) ->
 # ---------------------------------------------------------------------------------------------
 # extraction
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _split_batch(batch) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:

@@ -20,7 +20,8 @@ How the architecture is found, first match wins for each piece:
    ``args.json``): depth from the block layout, ``width`` from ``conv1``'s output channels and
    ``cifar_stem`` from its 3×3 kernel.
 
-The weights are then loaded **strictly** (:func:`harl.checkpoint.strict_load`): any missing,
+The weights are then loaded **strictly** (:func:`harl.checkpoint.load_backbone`, the one path from a
+weights file into a backbone; :func:`harl.checkpoint.strict_load` underneath): any missing,
 unexpected or mis-shaped key raises :class:`~harl.errors.CheckpointMismatchError` naming
 the keys. Supported files: ``.ckpt`` (harl and solo-learn Lightning checkpoints), ``.pth`` /
 ``.pt`` (a bare backbone state dict, a full model state dict, or a dict holding ``state_dict`` /
@@ -51,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
@@ -59,9 +59,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.checkpoint import backbone_state_dict, read_run_config, read_state_dict, strict_load
+from harl.checkpoint import load_backbone, read_backbone_state_dict, read_run_config
 from harl.errors import CheckpointMismatchError
-from harl.registry import DATASETS, METHODS
+from harl.registry import METHODS
 
 #: SGM's default high-pass filter (docs/methods/sgm.md)
 DEFAULT_HP_KERNEL = 11
@@ -186,6 +186,7 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
     if _is_linear_run(run_cfg):
         return str(name), kwargs  # a linear run stores the resolved architecture
     from harl.backbones import BACKBONES  # lazy: imports torchvision
+    from harl.backbones.resnet_spec import dataset_cifar_stem
 
     method = _get(run_cfg, "method")
     if name in BACKBONES:
@@ -196,37 +197,23 @@ def architecture_from_run_config(run_cfg: Any) -> Tuple[Optional[str], Dict[str,
             for key, value in cls.backbone_overrides(method_kwargs).items():
                 kwargs.setdefault(key, value)
     if name in BACKBONES and "cifar_stem" not in kwargs:
-        dataset = _get(run_cfg, "data.dataset")
-        spec = DATASETS.get(dataset) if dataset in DATASETS else None
-        kwargs["cifar_stem"] = bool(spec.small_images) if spec is not None else False
+        kwargs["cifar_stem"] = dataset_cifar_stem(_get(run_cfg, "data.dataset"))
     return str(name), kwargs
-
-
-_LAYER_RE = re.compile(r"^layer([1-4])\.(\d+)\.")
-_RESNET_LAYOUTS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
-                   ((3, 4, 6, 3), True): "resnet50"}
 
 
 def infer_resnet_architecture(state_dict: Dict[str, torch.Tensor]) -> Tuple[Optional[str], Dict[str, Any]]:
     """``(name, kwargs)`` of a torchvision-style ResNet state dict (bare backbone keys), or (None, {}).
 
     Depth from the number of blocks per stage (and Bottleneck ``conv3``), ``width`` from
-    ``conv1.weight``'s output channels, ``cifar_stem`` from its 3×3 kernel.
+    ``conv1.weight``'s output channels, ``cifar_stem`` from its 3×3 kernel
+    (:meth:`harl.backbones.resnet_spec.ResNetSpec.from_state_dict`).
     """
-    w = state_dict.get("conv1.weight")
-    if w is None or w.dim() != 4:
+    from harl.backbones.resnet_spec import ResNetSpec  # lazy: imports torchvision
+
+    spec = ResNetSpec.from_state_dict(state_dict)
+    if spec is None:
         return None, {}
-    blocks = {1: set(), 2: set(), 3: set(), 4: set()}
-    for k in state_dict:
-        m = _LAYER_RE.match(k)
-        if m:
-            blocks[int(m.group(1))].add(int(m.group(2)))
-    layout = tuple(len(blocks[i]) for i in (1, 2, 3, 4))
-    bottleneck = "layer1.0.conv3.weight" in state_dict
-    name = _RESNET_LAYOUTS.get((layout, bottleneck))
-    if name is None:
-        return None, {}
-    return name, {"width": int(w.shape[0]), "cifar_stem": int(w.shape[-1]) == 3}
+    return spec.name, spec.inferred_kwargs()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +286,7 @@ def load_pretrained_backbone(path: Optional[str], backbone_name: Optional[str] =
         arch_source = "explicit"
 
     if path is not None and (not random_init or name is None or run_cfg is None):
-        sd = backbone_state_dict(read_state_dict(path), prefix=prefix)
+        sd = read_backbone_state_dict(path, prefix=prefix)
     if name is None:
         inferred_name, inferred_kwargs = infer_resnet_architecture(sd or {})
         if inferred_name is None:
@@ -320,7 +307,7 @@ def load_pretrained_backbone(path: Optional[str], backbone_name: Optional[str] =
 
     backbone = _build(name, kwargs, seed)
     if sd is not None:
-        strict_load(backbone, sd, source=f"checkpoint '{path}' ({prefix}*)")
+        load_backbone(path, backbone, prefix=prefix, state_dict=sd, source=f"checkpoint '{path}' ({prefix}*)")
     backbone.eval()
 
     info: Dict[str, Any] = {"path": path, "sha256": sha, "random_init": sd is None}

@@ -327,7 +327,8 @@ def run_transfer(pretrained: Optional[str], train_path: str, test_path: str, val
     """
     from harl.checkpoint import atomic_write_text  # lazy: imports lightning
     from harl.data import build_classification_dataset, dataset_stats  # lazy: imports lightning, torchvision
-    from harl.eval.finetune import _pretrain_facts, resolve_device  # lazy: imports lightning
+    from harl.eval.finetune.files import _pretrain_facts  # lazy: imports lightning
+    from harl.utils.device import resolve_device
     from harl.eval.pretrained import load_pretrained_backbone  # lazy: imports lightning
     from harl.eval.subsets import holdout_split, write_subset_list  # lazy: imports lightning, torchvision
 

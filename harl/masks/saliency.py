@@ -17,6 +17,7 @@ import numpy as np
 
 from harl.masks.registry import GeneratorSpec, param, register_generator
 from harl.masks.ops import count_components
+from harl.utils.device import resolve_device  # the one resolver (re-exported here)
 
 
 DEFAULT_SHORT_SIDE = 320
@@ -40,14 +41,6 @@ class SaliencyParams:
             raise ValueError("saliency: threshold must be in [0, 1)")
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class SaliencyPredictor:
     """``image (H×W×3 uint8) -> (mask H×W bool, info)``; loads the model on first use."""
 
@@ -63,7 +56,7 @@ class SaliencyPredictor:
             from harl.masks.saliency_model import load_saliency_model  # lazy: imports torch
 
             self._model, obj = load_saliency_model(self.params.weights, self.params.checkpoint,
-                                                   device=resolve_device(self.params.device))
+                                                   device=str(resolve_device(self.params.device, option="device")))
             if self._short_side is None:
                 self._short_side = int(obj.get("short_side") or DEFAULT_SHORT_SIDE)
         return self._model

@@ -106,7 +106,11 @@ def build_backbone_for_head(name: str, kwargs: Optional[Dict[str, Any]] = None) 
 
 
 def load_backbone_checkpoint(checkpoint: str, backbone: nn.Module) -> nn.Module:
-    """Strictly load ``backbone.*`` weights of a solo-learn style checkpoint (``harl.checkpoint``)."""
+    """Strictly load ``backbone.*`` weights of a solo-learn style checkpoint.
+
+    An argument adapter kept for its name: the load is :func:`harl.checkpoint.load_backbone`, the one
+    path from a weights file into a backbone (the architecture comes from the head file here).
+    """
     from harl.checkpoint import load_backbone  # lazy: imports lightning
 
     return load_backbone(checkpoint, backbone)

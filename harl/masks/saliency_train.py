@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from harl.masks.io import find_mask_file, list_files, read_image_rgb, read_mask_values
+from harl.utils.device import resolve_device
 from harl.masks.saliency_model import (
     HEAD_FORMAT,
     SaliencyHead,
@@ -145,9 +146,7 @@ def train_saliency_head(cfg: SaliencyTrainConfig) -> Dict[str, Any]:
 
     if cfg.crop > cfg.short_side:
         raise ValueError(f"train-saliency: crop ({cfg.crop}) must be <= short_side ({cfg.short_side})")
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(cfg.device, option="device"))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -26,10 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harl.backbones import BACKBONES, build_backbone
+from harl.backbones.resnet_spec import dataset_cifar_stem
 from harl.errors import ConfigError
 from harl.methods.knn_monitor import WeightedKNN
 from harl.optim import StepDecay, WarmupCosine, build_optimizer, cosine_increase, split_bias_and_norm
-from harl.registry import DATASETS, METHODS
+from harl.registry import METHODS
 
 
 def accuracy_at_k(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)) -> List[torch.Tensor]:
@@ -66,8 +67,7 @@ def backbone_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """``backbone.kwargs`` with the CIFAR-stem default from the dataset table filled in."""
     kwargs = dict(OmegaConf.to_container(cfg.backbone.kwargs, resolve=True)) if cfg.backbone.kwargs else {}
     if cfg.backbone.name in BACKBONES and "cifar_stem" not in kwargs:
-        spec = DATASETS.get(cfg.data.dataset) if cfg.data.dataset in DATASETS else None
-        kwargs["cifar_stem"] = bool(spec.small_images) if spec is not None else False
+        kwargs["cifar_stem"] = dataset_cifar_stem(cfg.data.dataset)
     return kwargs
 
 

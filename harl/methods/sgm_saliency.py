@@ -114,20 +114,21 @@ def load_frozen_backbone(path: str, backbone_name: Optional[str] = None,
       ``backbone_kwargs``, else the run config, else inferred from a ResNet's keys); the input
       normalisation is the pretraining's when its run config tells it.
     * a classifier's weights (torchvision / timm state dict with ``fc.*`` / ``head.fc.*``): those
-      head keys are dropped by name, every other key must match; the architecture is
+      head keys are dropped by name, every other key must match
+      (:func:`harl.checkpoint.load_backbone`, the one strict path); the architecture is
       ``backbone_name`` or inferred from a ResNet's keys; the input normalisation is ImageNet's.
 
     Returns:
         (backbone, (mean, std) it expects, or None when unknown).
     """
     from harl.backbones import build_backbone
-    from harl.checkpoint import backbone_state_dict, read_state_dict, strict_load
+    from harl.checkpoint import load_backbone, read_backbone_state_dict
     from harl.eval.pretrained import infer_resnet_architecture, load_pretrained_backbone
 
     if not path or not os.path.isfile(str(path)):
         raise FileNotFoundError(f"method_kwargs.sgm_saliency_weights: file '{path}' does not exist")
     path = str(path)
-    sd = backbone_state_dict(read_state_dict(path))
+    sd = read_backbone_state_dict(path)
     head = [k for k in CLASSIFIER_HEAD_KEYS if k in sd]
     if not head:
         net, info = load_pretrained_backbone(path, backbone_name, backbone_kwargs)
@@ -142,8 +143,8 @@ def load_frozen_backbone(path: str, backbone_name: Optional[str] = None,
             kwargs = {**inferred, **kwargs}
         net = build_backbone(name, **kwargs)
         own = net.state_dict()
-        strict_load(net, sd, source=f"method_kwargs.sgm_saliency_weights '{path}'",
-                    ignore=[k for k in head if k not in own])
+        load_backbone(path, net, ignore=[k for k in head if k not in own], state_dict=sd,
+                      source=f"method_kwargs.sgm_saliency_weights '{path}'")
         stats = (list(IMAGENET_MEAN), list(IMAGENET_STD))
     net.eval()
     for p in net.parameters():

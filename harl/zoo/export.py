@@ -100,8 +100,7 @@ def detectron2_state_dict(weights: BackboneWeights) -> Dict[str, "object"]:
     """detectron2-named numpy arrays (float32) of a ResNet backbone."""
     if not weights.is_resnet:
         raise UnsupportedExport(f"detectron2 export needs a ResNet backbone, not '{weights.backbone}'")
-    arch = weights.arch_kwargs()
-    if arch["cifar_stem"]:
+    if weights.resnet_spec().cifar_stem:
         raise UnsupportedExport("detectron2's stem is a 7×7 stride-2 conv + max-pool: a CIFAR-stem backbone "
                                 "(3×3, no max-pool) has no detectron2 equivalent")
     sd, _ = _plain_state_dict(weights, "torchvision", "float32")
@@ -119,14 +118,14 @@ def _write_detectron2(weights: BackboneWeights, out: str, dtype: Optional[str]) 
     model = detectron2_state_dict(weights)
     obj = {"model": model, "__author__": "harl", "matching_heuristics": True}
     atomic_write_bytes(out, pickle.dumps(obj, protocol=4))
-    arch = weights.arch_kwargs()
+    spec = weights.resnet_spec()
     notes = ["detectron2 config: MODEL.WEIGHTS <this file>, INPUT.FORMAT RGB, "
              "MODEL.PIXEL_MEAN [123.675, 116.28, 103.53], MODEL.PIXEL_STD [58.395, 57.12, 57.375], "
              "MODEL.RESNETS.STRIDE_IN_1X1 False (torchvision puts the stride in the 3×3 conv)"
              + ("" if weights.backbone == "resnet50" else
-                f", MODEL.RESNETS.DEPTH {weights.backbone[6:]}, MODEL.RESNETS.RES2_OUT_CHANNELS {arch['width']}")
-             + ("" if arch["width"] == 64 else f", MODEL.RESNETS.STEM_OUT_CHANNELS {arch['width']}")]
-    if arch["c5_stride1"]:
+                f", MODEL.RESNETS.DEPTH {weights.backbone[6:]}, MODEL.RESNETS.RES2_OUT_CHANNELS {spec.width}")
+             + ("" if spec.width == 64 else f", MODEL.RESNETS.STEM_OUT_CHANNELS {spec.width}")]
+    if spec.c5_stride1:
         notes.append("the backbone was trained with a stride-1 res5: set MODEL.RESNETS.RES5_DILATION 2")
     return ExportResult(out, "detectron2", sorted(model), notes)
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from harl.checkpoint import read_checkpoint
 from harl.errors import CheckpointMismatchError
 from harl.registry import Registry
 from harl.zoo.weights import BackboneWeights, build_harl_backbone, infer_resnet_arch
@@ -99,32 +99,6 @@ class ImportReport:
             shown = ", ".join(keys[:max_keys]) + (f", … (+{len(keys) - max_keys})" if len(keys) > max_keys else "")
             lines.append(f"  dropped ({reason}): {len(keys)} key{'s' if len(keys) != 1 else ''}: {shown}")
         return "\n".join(lines)
-
-
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    return (text.splitlines() or [""])[0][:limit]
-
-
-def _load_raw(path: str, trust: bool) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        if not trust:
-            raise CheckpointMismatchError(
-                f"'{path}' holds pickled Python objects besides tensors (e.g. its hyper-parameters), and "
-                f"unpickling them can run code from the file; pass trust=True (CLI: --trust) if you trust "
-                f"its source ({type(err).__name__}: {_first_line(err)})") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointMismatchError(f"could not read checkpoint '{path}': {err}") from err
 
 
 def _split(obj: Any, path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -234,7 +208,7 @@ def import_checkpoint(path: str, flavour: str = "auto", backbone: Optional[str] 
     The architecture is ``backbone``/``backbone_kwargs`` when given, else inferred from the ResNet
     tensor shapes (and cross-checked against the depth named in the checkpoint's hyper-parameters).
     """
-    obj = _load_raw(path, trust)
+    obj = read_checkpoint(path, trust=trust)
     sd, hparams = _split(obj, path)
     name = detect_flavour(sd, hparams) if flavour == "auto" else flavour
     fl = FLAVOURS.get(name)

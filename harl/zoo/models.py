@@ -20,11 +20,12 @@ All loads are strict: any missing, unexpected or mis-shaped key raises ``Checkpo
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
+from harl.backbones.resnet_spec import ResNetSpec
 from harl.checkpoint import strict_load
 from harl.registry import Registry
 from harl.zoo.weights import BackboneWeights, build_harl_backbone, read_backbone_weights
@@ -38,54 +39,21 @@ from harl.zoo.manifest import load_manifest
 MODEL_FORMATS: Registry[Callable[[BackboneWeights], nn.Module]] = Registry("model format")
 
 
-def _resnet_spec(name: str):
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    return {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
-            "resnet50": (Bottleneck, [3, 4, 6, 3])}[name]
-
-
-def _cifar_stem(width: int) -> nn.Conv2d:
-    return nn.Conv2d(3, width, kernel_size=3, stride=1, padding=2, bias=False)
-
-
 def torchvision_resnet(name: str, width: int = 64, cifar_stem: bool = False, c5_stride1: bool = False,
                        c5_dilate: bool = False, **_ignored) -> nn.Module:
-    """A ``torchvision.models.ResNet`` with harl's architecture options (see the module docstring)."""
-    import torchvision
+    """A ``torchvision.models.ResNet`` with harl's architecture options (see the module docstring).
 
-    block, layers = _resnet_spec(name)
-    model = getattr(torchvision.models, name)(weights=None)
-    changes: List[str] = ["fc=Identity"]
-    if width != 64 or c5_stride1:
-        model.inplanes, model.dilation = width, 1
-        model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-        model.bn1 = nn.BatchNorm2d(width)
-        model.layer1 = model._make_layer(block, width, layers[0])
-        model.layer2 = model._make_layer(block, width * 2, layers[1], stride=2)
-        model.layer3 = model._make_layer(block, width * 4, layers[2], stride=2)
-        if c5_stride1 and c5_dilate:
-            model.layer4 = model._make_layer(block, width * 8, layers[3], stride=2, dilate=True)
-        else:
-            model.layer4 = model._make_layer(block, width * 8, layers[3], stride=1 if c5_stride1 else 2)
-        if width != 64:
-            changes.append(f"stem and stages rebuilt at width {width}")
-        if c5_stride1:
-            changes.append("layer4 stride 1" + (" (dilated)" if c5_dilate else ""))
-    if cifar_stem:
-        model.conv1 = _cifar_stem(width)
-        model.maxpool = nn.Identity()
-        changes.append("conv1=3x3 stride 1 padding 2, maxpool=Identity (CIFAR stem)")
-    model.fc = nn.Identity()
-    model.harl_changes = changes
-    return model
+    Argument adapter for :meth:`harl.backbones.resnet_spec.ResNetSpec.build_torchvision`.
+    """
+    return ResNetSpec(name, width=width, cifar_stem=cifar_stem, c5_stride1=c5_stride1,
+                      c5_dilate=c5_dilate).build_torchvision()
 
 
 def _torchvision_builder(weights: BackboneWeights) -> nn.Module:
     if not weights.is_resnet:
         raise UnsupportedExport(f"backbone '{weights.backbone}' is a timm model: it has no torchvision "
                                 "equivalent; use format='timm'")
-    return torchvision_resnet(weights.backbone, **weights.arch_kwargs())
+    return weights.resnet_spec().build_torchvision()
 
 
 def _timm_builder(weights: BackboneWeights) -> nn.Module:
@@ -96,22 +64,7 @@ def _timm_builder(weights: BackboneWeights) -> nn.Module:
         kwargs = dict(weights.kwargs)
         kwargs.pop("pretrained", None)
         return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-    a = weights.arch_kwargs()
-    if a["c5_stride1"]:
-        raise UnsupportedExport("c5_stride1 has no timm ResNet equivalent; use format='torchvision' or 'harl'")
-    w = a["width"]
-    if w != 64:
-        # timm's ResNet fixes the plain 7×7 stem at 64 channels (only deep stems follow stem_width)
-        raise UnsupportedExport(f"width {w} has no timm ResNet equivalent (timm's plain stem is 64 wide); use "
-                                "format='torchvision' or 'harl'")
-    model = timm.create_model(weights.backbone, pretrained=False, num_classes=0)
-    changes = ["num_classes=0"]
-    if a["cifar_stem"]:
-        model.conv1 = _cifar_stem(w)
-        model.maxpool = nn.Identity()
-        changes.append("conv1=3x3 stride 1 padding 2, maxpool=Identity (CIFAR stem)")
-    model.harl_changes = changes
-    return model
+    return weights.resnet_spec().build_timm()
 
 
 def _harl_builder(weights: BackboneWeights) -> nn.Module:

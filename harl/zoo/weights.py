@@ -20,6 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from harl.backbones.resnet_spec import RESNET_ARCH_KWARGS, RESNET_NAMES, ResNetSpec  # noqa: F401  (re-exported)
 from harl.checkpoint import read_run_config, strict_load
 from harl.errors import CheckpointMismatchError
 from harl.utils.io import atomic_write_bytes
@@ -30,10 +31,6 @@ META_BACKBONE = "harl.backbone"
 META_KWARGS = "harl.backbone_kwargs"
 META_SOURCE = "harl.source"
 
-#: harl's ResNets (torchvision key names; plain torchvision / timm / detectron2 equivalents exist)
-RESNET_NAMES = ("resnet18", "resnet34", "resnet50")
-#: ResNet kwargs that change the computed function (others, like zero_init_residual, only the init)
-RESNET_ARCH_KWARGS = ("width", "cifar_stem", "c5_stride1", "c5_dilate")
 
 
 @dataclass
@@ -52,14 +49,17 @@ class BackboneWeights:
 
     @property
     def is_resnet(self) -> bool:
-        return self.backbone in RESNET_NAMES
+        return ResNetSpec.is_resnet(self.backbone)
+
+    def resnet_spec(self) -> ResNetSpec:
+        """The :class:`ResNetSpec` of a ResNet's kwargs (keys other than the spec's are ignored)."""
+        return ResNetSpec.from_kwargs(self.backbone, self.kwargs, strict=False)
 
     def arch_kwargs(self) -> Dict[str, Any]:
         """The kwargs that change the function (ResNets: width, cifar_stem, c5_stride1, c5_dilate)."""
         if not self.is_resnet:
             return dict(self.kwargs)
-        defaults = {"width": 64, "cifar_stem": False, "c5_stride1": False, "c5_dilate": False}
-        return {k: self.kwargs.get(k, v) for k, v in defaults.items()}
+        return self.resnet_spec().arch_kwargs()
 
 
 def build_harl_backbone(weights: BackboneWeights, load: bool = True) -> torch.nn.Module:
