@@ -29,7 +29,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from harl.utils.io import atomic_write_bytes, tmp_path
 from harl.utils.walk import walk_unique
 from harl.errors import ImageReadError
 from harl.errors import CorruptImageError
@@ -223,11 +222,10 @@ def find_mask_file(masks_root: str, relpath: str, extensions: Sequence[str] = MA
 
 
 # ---------------------------------------------------------------------------------------------
-# writing
+# writing: masks are encoded here and written with harl.utils.io.atomic_write_bytes(fsync=False)
+# (millions of small files; a rerun regenerates any file lost to a power failure). A stale
+# ``*.tmp-*`` may remain after a kill; the runner removes those of its own shard on restart.
 # ---------------------------------------------------------------------------------------------
-
-
-tmp_path_for = tmp_path  # the project's temporary-name pattern <path>.tmp-<pid>-<hex>
 
 
 def is_tmp_name(name: str) -> bool:
@@ -242,19 +240,3 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
-
-
-def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
-    """:func:`harl.utils.io.atomic_write_bytes` without fsync by default (millions of small mask
-    files; a rerun regenerates any file lost to a power failure). A stale ``*.tmp-*`` may remain
-    after a kill; the runner removes those of its own shard on restart."""
-    atomic_write_bytes(path, data, fsync=fsync)
-
-
-def write_mask_png(path: str, mask: np.ndarray) -> None:
-    """Write an H×W mask as a {0, 255} 8-bit PNG atomically."""
-    atomic_write(path, encode_mask_png(mask))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

@@ -40,8 +40,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harl.masks.io import (
-    atomic_write,
-    atomic_write_text,
     encode_mask_png,
     find_mask_collisions,
     is_tmp_name,
@@ -52,6 +50,7 @@ from harl.masks.io import (
 from harl.errors import MetaMismatchError, MissingSourceMaskError
 from harl.errors import ImageReadError
 from harl.masks.registry import GENERATORS, load_builtin_generators
+from harl.utils.io import atomic_write_bytes, atomic_write_text
 from harl.utils.procs import die_with_parent
 
 STATE_DIR = ".harl-masks"
@@ -139,7 +138,7 @@ def process_one(job, out_root: str, relpath: str) -> Dict[str, Any]:
     """Make, write (atomically) and describe the mask of one image; errors become failure records."""
     try:
         mask, info = job(relpath)
-        atomic_write(os.path.join(out_root, mask_relpath(relpath)), encode_mask_png(mask))
+        atomic_write_bytes(os.path.join(out_root, mask_relpath(relpath)), encode_mask_png(mask), fsync=False)
         return {"ok": True, **_result_row(relpath, mask, info)}
     except KeyboardInterrupt:
         raise
