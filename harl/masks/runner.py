@@ -67,8 +67,6 @@ class ImageGeneratorJob:
     """Read ``images_root/relpath`` as RGB and run a registered generator on it."""
 
     def __init__(self, images_root: str, generator: str, params: Any):
-        import harl.data.image_io  # noqa: F401  (import the reader once here: forked workers inherit it)
-
         self.images_root = images_root
         self.generator = generator
         self.params = params
