@@ -6,7 +6,7 @@ import glob
 import os
 import re
 import secrets
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 
 def tmp_path(path: str) -> str:
@@ -14,14 +14,16 @@ def tmp_path(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def atomic_write_with(path: str, write: Callable[[str], Any], fsync: bool = True) -> None:
+def atomic_write_with(path: str, write: Callable[[str], Any], fsync: bool = True,
+                      tmp: Optional[str] = None) -> None:
     """The project's one atomic writer: ``write(tmp)`` fills a temporary file beside ``path``
-    (:func:`tmp_path`), which is fsynced (unless ``fsync=False``) and renamed into place, so a kill
-    leaves the old file or the new one, never a partial file. The temporary file is removed when
-    anything fails. ``write`` gets a path (so ``torch.save``, safetensors and Lightning can write it).
+    (:func:`tmp_path`, or the given ``tmp``: Lightning checkpoints use ``<ckpt>.tmp``), which is
+    fsynced (unless ``fsync=False``) and renamed into place, so a kill leaves the old file or the
+    new one, never a partial file. The temporary file is removed when anything fails. ``write``
+    gets a path (so ``torch.save``, safetensors and Lightning can write it).
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = tmp_path(path)
+    tmp = tmp_path(path) if tmp is None else tmp
     try:
         write(tmp)
         if fsync:
