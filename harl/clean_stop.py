@@ -19,12 +19,12 @@ worker's traceback as its message; ``DataFileError`` keeps only its own line).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 from lightning.pytorch import Callback
 
 from harl.errors import TrainingStopped, data_error_message
+from harl.utils.io import atomic_write_with
 
 log = logging.getLogger("harl")
 
@@ -58,12 +58,10 @@ class DataErrorStop(Callback):
         if trainer.world_size > 1:
             return
         path = self.checkpointer.ckpt_path(epoch)
-        tmp = path + ".tmp"
         self.sampler_state.override = {"sampler_epoch": epoch, "skip_samples": done * self.batch_size}
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            trainer.save_checkpoint(tmp, weights_only=False)
-            os.replace(tmp, path)
+            atomic_write_with(path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False), fsync=False,
+                              tmp=path + ".tmp")
             self.saved = path
         except Exception as err:  # noqa: BLE001 - the data error is what the user must see
             log.warning("could not save the state before stopping: %s", err)

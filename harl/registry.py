@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable, Dict, Generic, Iterator, Optional, Sequence, TypeVar
+from typing import Dict, Generic, Iterator, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -134,10 +134,3 @@ def pick(table, name: str, kind: str):
     except KeyError:
         check_choice(name, table, kind)
         raise
-
-
-def lookup(table: Dict[str, Callable], name: str, kind: str):
-    """Look ``name`` up in a plain dict with the same error style as :class:`Registry`."""
-    if name not in table:
-        raise KeyError(f"unknown {kind} '{name}'{close_match_hint(name, table)}; available: {', '.join(sorted(table))}")
-    return table[name]

@@ -255,7 +255,7 @@ def cmd_eval(args) -> int:
         import csv
         import io
 
-        from harl.masks.io import atomic_write_text  # lazy: keeps the command's start-up light
+        from harl.utils.io import atomic_write_text  # lazy: keeps the command's start-up light
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

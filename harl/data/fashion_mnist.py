@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from harl.errors import IDXFormatError
+from harl.utils.io import atomic_write_with
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -91,7 +92,7 @@ def read_idx(path: str, expect_ndim: Optional[int] = None) -> np.ndarray:
 def write_idx(path: str, array: np.ndarray) -> None:
     """Write ``array`` (uint8 or int8) as an IDX file, gzip-compressed when ``path`` ends in ``.gz``.
 
-    Written atomically (temp file + ``os.replace``). Used to build small fixture datasets.
+    Written atomically (:func:`harl.utils.io.atomic_write_with`, no fsync). Used to build small fixture datasets.
     """
     array = np.ascontiguousarray(array)
     if array.dtype not in _IDX_CODES:
@@ -99,15 +100,17 @@ def write_idx(path: str, array: np.ndarray) -> None:
     header = struct.pack(">HBB", 0, _IDX_CODES[array.dtype], array.ndim)
     header += struct.pack(">" + "I" * array.ndim, *array.shape)
     payload = header + array.tobytes()
-    tmp = f"{path}.tmp.{os.getpid()}"
-    if path.endswith(".gz"):
-        # mtime=0 keeps the bytes reproducible
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write(payload)
-    else:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        if path.endswith(".gz"):
+            # mtime=0 keeps the bytes reproducible
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+                f.write(payload)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(payload)
+
+    atomic_write_with(path, write, fsync=False)
 
 
 def _candidate_dirs(root: str) -> Sequence[str]:

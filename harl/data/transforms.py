@@ -447,10 +447,6 @@ class MultiViewTransform:
             raise ValueError("all pipelines must agree on masks")
         self.with_masks = modes.pop()
 
-    @property
-    def total_crops(self) -> int:
-        return sum(self.num_crops)
-
     def __call__(self, img: Image.Image, mask: Optional[MaskLike] = None):
         if not self.with_masks:
             return [p(img) for p, n in zip(self.pipelines, self.num_crops) for _ in range(n)]

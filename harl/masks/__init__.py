@@ -2,13 +2,16 @@
 
 Modules (imported lazily, so ``import harl.masks.<x>`` stays cheap):
 
-- :mod:`harl.masks.io` — walking image trees, reading images/masks, atomic PNG writes, sharding;
+- :mod:`harl.masks.io` — walking image trees, reading images/masks (:mod:`harl.utils.image_io`),
+  PNG encoding, sharding;
 - :mod:`harl.masks.registry` — ``GENERATORS`` (name → :class:`~harl.masks.registry.GeneratorSpec`);
 - :mod:`harl.masks.felzenszwalb` — the graph-based heuristic generator (docs/masks.md);
 - :mod:`harl.masks.saliency`, :mod:`harl.masks.saliency_model`, :mod:`harl.masks.saliency_train` —
   the deep saliency generator (docs/masks.md) and its label-free head training;
 - :mod:`harl.masks.importer` — existing masks into the canonical tree;
-- :mod:`harl.masks.runner` — walk → shard → skip done → workers → PNGs → manifest/failures/summary;
+- :mod:`harl.masks.runner` — walk → shard → skip done → workers → PNGs → manifest/failures/summary
+  (its parts: :mod:`harl.masks.jobs`, :mod:`harl.masks.pool`, :mod:`harl.masks.journal`,
+  :mod:`harl.masks.summary`);
 - :mod:`harl.masks.evaluate` — IoU / precision / recall between two mask trees;
 - :mod:`harl.masks.ops` — small pure mask operations.
 

@@ -22,7 +22,7 @@ import numpy as np
 from harl.masks.io import MASK_EXTENSIONS, find_mask_file, list_files, read_mask_values
 from harl.errors import ImageReadError
 from harl.masks.ops import confusion_counts, metrics_from_counts, resize_mask_nearest
-from harl.masks.io import atomic_write_text
+from harl.utils.io import atomic_write_text
 from harl.utils.procs import die_with_parent
 
 

@@ -10,13 +10,14 @@ Conventions (docs/masks.md):
 - A mask lives at the image's relative path with the extension changed to ``.png``
   (:func:`mask_relpath`); it is an 8-bit single-channel PNG with values {0, 255}; a pixel is
   foreground iff its value is > 0 (or > a caller-given threshold).
-- Images are read with the project's image reader (:func:`harl.data.image_io.read_image`: RGB
+- Images are read with the project's image reader (:func:`harl.utils.image_io.read_image`: RGB
   from grayscale, palette, RGBA, CMYK, 16-bit; EXIF orientation not applied), so a mask is
   computed on exactly the pixels the training loader sees.
-- Existing masks in foreign formats (``import``, ``eval``) are read by :func:`read_mask_values`,
-  which keeps the stored values so that a ``--threshold`` can be applied; with threshold 0 it
-  agrees with the training loader's :func:`harl.data.image_io.read_mask` (fg ⇔ value > 0, colour
-  masks: any colour channel, palette masks: the index).
+- Existing masks in foreign formats (``import``, ``eval``) are read by
+  :func:`harl.utils.image_io.read_mask_values` (re-exported here), which keeps the stored values so
+  that a ``--threshold`` can be applied; it shares its decoder and value rule with the training
+  loader's :func:`harl.utils.image_io.read_mask` (fg ⇔ value > 0, colour masks: any colour channel,
+  palette masks: the index).
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from harl.utils.io import atomic_write_bytes, tmp_path
+from harl.utils.image_io import IMG_EXTENSIONS, read_image, read_mask_values  # noqa: F401  (re-exported)
 from harl.utils.walk import walk_unique
 from harl.errors import ImageReadError
 from harl.errors import CorruptImageError
 
-# the same list as harl.data.image_io.IMG_EXTENSIONS (torchvision ImageFolder); kept here so that
-# importing this module does not import the data pipeline (checked by a test)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# the project's list (harl.utils.image_io.IMG_EXTENSIONS, torchvision ImageFolder's)
+IMAGE_EXTENSIONS = IMG_EXTENSIONS
 # formats accepted for *existing* masks (``harl-masks import`` / ``eval``): images plus numpy arrays
 MASK_EXTENSIONS = IMAGE_EXTENSIONS + (".gif", ".npy")
 
@@ -136,12 +136,10 @@ def parse_shard(text: str) -> Tuple[int, int]:
 
 def read_image_rgb(path: str) -> np.ndarray:
     """Read an image as H×W×3 uint8 RGB with the project's one image reader
-    (:func:`harl.data.image_io.read_image`: same pixels as the training loader).
+    (:func:`harl.utils.image_io.read_image`: same pixels as the training loader).
 
     Raises :class:`ImageReadError` naming the file (missing, truncated, corrupt, unsupported).
     """
-    from harl.data.image_io import read_image  # lazy: harl.data imports torch, the CPU generators need none
-
     try:
         arr = np.asarray(read_image(path), dtype=np.uint8)
     except CorruptImageError as err:
@@ -161,40 +159,6 @@ def read_image_size(path: str) -> Tuple[int, int]:
     except Exception as err:  # noqa: BLE001
         raise ImageReadError(f"'{path}': cannot read image ({type(err).__name__}: {err})") from err
     return int(h), int(w)
-
-
-def read_mask_values(path: str) -> np.ndarray:
-    """The raw values of a mask file as an H×W array (any dtype).
-
-    - ``.npy``: a 2-D array, or H×W×C (max over channels);
-    - palette PNG/GIF: the palette *indices* (0 = background in VOC-style masks);
-    - grayscale / 16-bit / float: the stored values;
-    - RGB(A): the maximum over the colour channels (alpha ignored).
-    """
-    try:
-        if path.lower().endswith(".npy"):
-            arr = np.load(path, allow_pickle=False)
-        else:
-            with Image.open(path) as img:
-                img.load()
-                if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "RGBX", "RGBa"):
-                    if img.mode in ("LA", "PA"):
-                        arr = np.asarray(img)[..., 0]
-                    else:
-                        arr = np.asarray(img.convert("RGB")).max(axis=2)
-                elif img.mode == "1":
-                    arr = np.asarray(img).astype(np.uint8)
-                else:  # L, P, I, I;16, F
-                    arr = np.asarray(img)
-    except FileNotFoundError:
-        raise ImageReadError(f"'{path}': file does not exist") from None
-    except Exception as err:  # noqa: BLE001
-        raise ImageReadError(f"'{path}': cannot read mask ({type(err).__name__}: {err})") from err
-    if arr.ndim == 3:
-        arr = arr.max(axis=2)
-    if arr.ndim != 2 or arr.size == 0:
-        raise ImageReadError(f"'{path}': a mask must be 2-D (H×W), got shape {arr.shape}")
-    return arr
 
 
 def read_mask(path: str, threshold: float = 0.0) -> np.ndarray:
@@ -223,11 +187,10 @@ def find_mask_file(masks_root: str, relpath: str, extensions: Sequence[str] = MA
 
 
 # ---------------------------------------------------------------------------------------------
-# writing
+# writing: masks are encoded here and written with harl.utils.io.atomic_write_bytes(fsync=False)
+# (millions of small files; a rerun regenerates any file lost to a power failure). A stale
+# ``*.tmp-*`` may remain after a kill; the runner removes those of its own shard on restart.
 # ---------------------------------------------------------------------------------------------
-
-
-tmp_path_for = tmp_path  # the project's temporary-name pattern <path>.tmp-<pid>-<hex>
 
 
 def is_tmp_name(name: str) -> bool:
@@ -242,19 +205,3 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
-
-
-def atomic_write(path: str, data: bytes, fsync: bool = False) -> None:
-    """:func:`harl.utils.io.atomic_write_bytes` without fsync by default (millions of small mask
-    files; a rerun regenerates any file lost to a power failure). A stale ``*.tmp-*`` may remain
-    after a kill; the runner removes those of its own shard on restart."""
-    atomic_write_bytes(path, data, fsync=fsync)
-
-
-def write_mask_png(path: str, mask: np.ndarray) -> None:
-    """Write an H×W mask as a {0, 255} 8-bit PNG atomically."""
-    atomic_write(path, encode_mask_png(mask))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

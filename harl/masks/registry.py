@@ -14,7 +14,6 @@ worker process), and deterministic, so a resumed run writes identical files.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -49,10 +48,6 @@ def register_generator(spec: GeneratorSpec) -> GeneratorSpec:
 def param(default, help: str, **extra):  # noqa: A002 - mirrors argparse's keyword
     """A dataclass field carrying CLI help text (``required=True`` for options without a default)."""
     return field(default=default, metadata={"help": help, **extra})
-
-
-def params_to_dict(params) -> Dict[str, Any]:
-    return dataclasses.asdict(params)
 
 
 def load_builtin_generators() -> None:

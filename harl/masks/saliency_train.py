@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from harl.utils.io import atomic_torch_save
 from harl.masks.io import find_mask_file, list_files, read_image_rgb, read_mask_values
 from harl.utils.device import resolve_device
 from harl.masks.saliency_model import (
@@ -142,8 +143,6 @@ def resolve_backbone(cfg: SaliencyTrainConfig) -> Tuple[str, Dict[str, Any]]:
 
 def train_saliency_head(cfg: SaliencyTrainConfig) -> Dict[str, Any]:
     """Train the head; writes ``cfg.out`` (a head file, see :mod:`harl.masks.saliency_model`). Returns its ``train`` record."""
-    from harl.checkpoint import atomic_torch_save  # lazy: imports lightning
-
     if cfg.crop > cfg.short_side:
         raise ValueError(f"train-saliency: crop ({cfg.crop}) must be <= short_side ({cfg.short_side})")
     device = str(resolve_device(cfg.device, option="device"))

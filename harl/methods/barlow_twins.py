@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
-
 import torch
 
 from harl.heads import mlp
 from harl.losses import barlow_twins_loss
 from harl.methods.base import BaseMethod, require_two_large_crops
+from harl.methods.projector import ProjectorMixin
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_with_grad
 
 
 @METHODS.register("barlow_twins")
-class BarlowTwins(BaseMethod):
+class BarlowTwins(ProjectorMixin, BaseMethod):
     """Projector Linear–BN–ReLU–Linear–BN–ReLU–Linear on both views; the cross-correlation of the
     two standardised projections (over the gathered batch) is pushed to the identity.
 
@@ -35,14 +34,6 @@ class BarlowTwins(BaseMethod):
         super().check_cfg(cfg)
 
         require_two_large_crops(cfg)
-
-    @property
-    def learnable_params(self) -> List[Dict[str, Any]]:
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().forward(X)
-        return {**out, "z": self.projector(out["feats"])}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = super().training_step(batch, batch_idx)

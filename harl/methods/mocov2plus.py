@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict, List
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from harl.heads import simclr_mlp
 from harl.losses import moco_loss
 from harl.methods.base import BaseMomentumMethod
+from harl.methods.projector import MomentumProjectorMixin
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_no_grad
 from harl.config import num_devices
@@ -18,7 +18,7 @@ from harl.errors import ConfigError
 
 
 @METHODS.register("mocov2plus")
-class MoCoV2Plus(BaseMomentumMethod):
+class MoCoV2Plus(MomentumProjectorMixin, BaseMomentumMethod):
     """Queries from the online projector, keys from the EMA projector, one queue per view.
 
     Loss: ½[CE([q₁·k₂, q₁·Q₂]/T, 0) + CE([q₂·k₁, q₂·Q₁]/T, 0)]; gathered k₁, k₂ are enqueued
@@ -34,9 +34,7 @@ class MoCoV2Plus(BaseMomentumMethod):
         self.temperature = float(kw.temperature)
         self.queue_size = int(kw.queue_size)
         self.projector = simclr_mlp(self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self.momentum_projector.parameters():
-            p.requires_grad = False
+        self.make_momentum_projector()
         self.register_buffer("queue", F.normalize(torch.randn(2, kw.proj_output_dim, self.queue_size), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
@@ -50,23 +48,6 @@ class MoCoV2Plus(BaseMomentumMethod):
                               f"global batch size ({global_batch})")
         if cfg.num_large_crops != 2:
             raise ConfigError(f"{cfg.method} needs exactly 2 large crops, config gives {cfg.num_large_crops}")
-
-    @property
-    def learnable_params(self) -> List[Dict[str, Any]]:
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    @property
-    def momentum_pairs(self):
-        return super().momentum_pairs + [(self.projector, self.momentum_projector)]
-
-    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().forward(X)
-        return {**out, "z": self.projector(out["feats"])}
-
-    @torch.no_grad()
-    def momentum_forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().momentum_forward(X)
-        return {**out, "z": self.momentum_projector(out["feats"])}
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict, List
-
 import torch
 import torch.nn.functional as F
 
 from harl.heads import simclr_mlp
 from harl.losses import ressl_loss
 from harl.methods.base import BaseMomentumMethod
+from harl.methods.projector import MomentumProjectorMixin
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_no_grad
 from harl.config import num_devices
@@ -22,7 +20,7 @@ _LEGACY = {"base_tau_momentum": "base_tau", "final_tau_momentum": "final_tau", "
 
 
 @METHODS.register("ressl")
-class ReSSL(BaseMomentumMethod):
+class ReSSL(MomentumProjectorMixin, BaseMomentumMethod):
     """Relational self-supervised learning: the online projection q of view 1 (the strong
     augmentation) must reproduce, over a queue of earlier keys, the similarity distribution of the
     EMA projection k of view 2 (the weak augmentation), sharpened by a lower temperature.
@@ -41,9 +39,7 @@ class ReSSL(BaseMomentumMethod):
         self.temperature_k = float(kw.temperature_k)
         self.queue_size = int(kw.queue_size)
         self.projector = simclr_mlp(self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self.momentum_projector.parameters():
-            p.requires_grad = False
+        self.make_momentum_projector()
         self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, kw.proj_output_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
@@ -64,23 +60,6 @@ class ReSSL(BaseMomentumMethod):
             if value is not None and value != cfg.momentum[key]:
                 raise ConfigError(f"method_kwargs.{legacy} ({value}) disagrees with momentum.{key} "
                                   f"({cfg.momentum[key]}); harl reads momentum.{key}: set it there")
-
-    @property
-    def learnable_params(self) -> List[Dict[str, Any]]:
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    @property
-    def momentum_pairs(self):
-        return super().momentum_pairs + [(self.projector, self.momentum_projector)]
-
-    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().forward(X)
-        return {**out, "z": self.projector(out["feats"])}
-
-    @torch.no_grad()
-    def momentum_forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().momentum_forward(X)
-        return {**out, "z": self.momentum_projector(out["feats"])}
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import torch
 
 from harl.heads import simclr_mlp
 from harl.losses import nt_xent_loss
 from harl.methods.base import BaseMethod
+from harl.methods.projector import ProjectorMixin
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_with_grad, rank
 
 
 @METHODS.register("simclr")
-class SimCLR(BaseMethod):
+class SimCLR(ProjectorMixin, BaseMethod):
     """Projector Linear–ReLU–Linear; NT-Xent over every crop, gathered across devices."""
 
     _DEFAULT_METHOD_KWARGS = {"proj_hidden_dim": 2048, "proj_output_dim": 256, "temperature": 0.2}
@@ -24,14 +25,6 @@ class SimCLR(BaseMethod):
         kw = cfg.method_kwargs
         self.temperature = float(kw.temperature)
         self.projector = simclr_mlp(self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim)
-
-    @property
-    def learnable_params(self) -> List[Dict[str, Any]]:
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().forward(X)
-        return {**out, "z": self.projector(out["feats"])}
 
     def multicrop_forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
         out = super().multicrop_forward(X)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Dict
 
 import torch
 
 from harl.heads import simclr_mlp
 from harl.losses import supcon_loss
 from harl.methods.base import BaseMethod
+from harl.methods.projector import ProjectorMixin
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_no_grad, gather_with_grad, rank
 from harl.errors import ConfigError
 
 
 @METHODS.register("supcon")
-class SupCon(BaseMethod):
+class SupCon(ProjectorMixin, BaseMethod):
     """Projector Linear–ReLU–Linear (2048 → 128); the supervised contrastive loss over every crop.
 
     Positives of an anchor are every other crop with its label — its own other views and the views of
@@ -40,14 +41,6 @@ class SupCon(BaseMethod):
             raise ConfigError(f"{cfg.method} is supervised: it needs labels, but data.no_labels is true")
         if cfg.num_large_crops + cfg.num_small_crops < 2:
             raise ConfigError(f"{cfg.method} needs at least 2 crops per image (the other views are positives)")
-
-    @property
-    def learnable_params(self) -> List[Dict[str, Any]]:
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().forward(X)
-        return {**out, "z": self.projector(out["feats"])}
 
     def multicrop_forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
         out = super().multicrop_forward(X)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
-
 import torch
 from torch import nn
 
@@ -12,12 +10,13 @@ from harl.heads import mlp
 from harl.heads.iternorm import IterNorm
 from harl.losses import vibcreg_terms
 from harl.methods.base import BaseMethod, require_two_large_crops
+from harl.methods.projector import ProjectorMixin
 from harl.methods.registry import METHODS
 from harl.utils.distributed import gather_with_grad
 
 
 @METHODS.register("vibcreg")
-class VIbCReg(BaseMethod):
+class VIbCReg(ProjectorMixin, BaseMethod):
     """Projector Linear–BN–GELU–Linear–BN–GELU–Linear, then IterNorm (64 groups, T = 5) when ``iternorm``.
 
     Loss (over the batch gathered from every device, as VICReg): sim_loss_weight · MSE(z₁, z₂)
@@ -47,14 +46,6 @@ class VIbCReg(BaseMethod):
         super().check_cfg(cfg)
 
         require_two_large_crops(cfg)
-
-    @property
-    def learnable_params(self) -> List[Dict[str, Any]]:
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().forward(X)
-        return {**out, "z": self.projector(out["feats"])}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = super().training_step(batch, batch_idx)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
-
 import torch
 
 from harl.config_values import Int, Num
 from harl.heads import mlp
 from harl.losses import wmse_loss
 from harl.methods.base import BaseMethod
+from harl.methods.projector import ProjectorMixin
 from harl.methods.registry import METHODS
 from harl.errors import ConfigError
 
 
 @METHODS.register("wmse")
-class WMSE(BaseMethod):
+class WMSE(ProjectorMixin, BaseMethod):
     """Projector Linear–BN–ReLU–Linear; W-MSE over every pair of large crops.
 
     Per whitening iteration the local batch is shuffled (``torch.randperm``) and cut into sub-batches
@@ -55,14 +54,6 @@ class WMSE(BaseMethod):
             raise ConfigError(f"method_kwargs.whitening_size ({size}) must be larger than proj_output_dim "
                               f"({kw.proj_output_dim}) for the sub-batch covariance to be invertible "
                               f"(or set whitening_eps > 0)")
-
-    @property
-    def learnable_params(self) -> List[Dict[str, Any]]:
-        return super().learnable_params + [{"name": "projector", "params": self.projector.parameters()}]
-
-    def forward(self, X: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = super().forward(X)
-        return {**out, "z": self.projector(out["feats"])}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = super().training_step(batch, batch_idx)

@@ -6,7 +6,7 @@ import glob
 import os
 import re
 import secrets
-from typing import Any, List
+from typing import Any, Callable, List, Optional
 
 
 def tmp_path(path: str) -> str:
@@ -14,26 +14,39 @@ def tmp_path(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def atomic_write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` under a temporary name beside ``path``, then rename it into place: a kill leaves
-    the old file or the new one, never a partial file. ``fsync=False`` for many small, regenerable
-    files (masks)."""
+def atomic_write_with(path: str, write: Callable[[str], Any], fsync: bool = True,
+                      tmp: Optional[str] = None) -> None:
+    """The project's one atomic writer: ``write(tmp)`` fills a temporary file beside ``path``
+    (:func:`tmp_path`, or the given ``tmp``: Lightning checkpoints use ``<ckpt>.tmp``), which is
+    fsynced (unless ``fsync=False``) and renamed into place, so a kill leaves the old file or the
+    new one, never a partial file. The temporary file is removed when anything fails. ``write``
+    gets a path (so ``torch.save``, safetensors and Lightning can write it).
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = tmp_path(path)
+    tmp = tmp_path(path) if tmp is None else tmp
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        write(tmp)
+        if fsync:
+            fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_bytes(path: str, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` atomically (:func:`atomic_write_with`). ``fsync=False`` for many small,
+    regenerable files (masks)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write_with(path, write, fsync=fsync)
+
+
+def atomic_write_text(path: str, text: str, fsync: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
 def fsync_path(path: str) -> None:
@@ -58,15 +71,7 @@ def fsync_path(path: str) -> None:
 def atomic_torch_save(obj: Any, path: str) -> None:
     import torch
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        torch.save(obj, tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def metrics_files(run_dir: str) -> List[str]:
