@@ -45,6 +45,7 @@ from PIL import Image
 from harl.data.fashion_mnist import CLASS_NAMES, NUM_CLASSES, read_fashion_mnist
 from harl.registry import Registry
 from harl.errors import SceneTreeMismatchError
+from harl.utils.io import atomic_write_with
 from harl.utils.procs import die_with_parent
 
 GENERATOR_NAME = "fashion-scenes"
@@ -500,11 +501,15 @@ _TMP_MARK = ".tmp."
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
+    """The project's atomic writer with a hidden temporary name (``.<name>.tmp.<pid>``: skipped by
+    tree walks, removed as stale on resume) and no fsync (thousands of small PNGs)."""
     d, name = os.path.split(path)
-    tmp = os.path.join(d, f".{name}{_TMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write_with(path, write, fsync=False, tmp=os.path.join(d, f".{name}{_TMP_MARK}{os.getpid()}"))
 
 
 def _png_bytes(arr: np.ndarray, mode: str) -> bytes:
