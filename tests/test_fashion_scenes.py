@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import harl.data.fashion_scenes as fs
+import harl.data.fashion_scenes.generate as fs
 from harl.cli.scenes import build_parser, main
 from harl.data.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, write_idx
 from harl.data.fashion_scenes import (
