@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -66,19 +66,24 @@ EXPERIMENTS: Dict[str, Dict[str, object]] = {
 }
 
 
-def run(ids: List[str], out: str) -> None:
+def run(ids: List[str], out: str, seeds: Optional[List[int]] = None, methods: Optional[List[str]] = None) -> None:
+    """Run experiments ``ids`` (resumable: finished (row, seed) cells are kept); ``seeds`` / ``methods``
+    replace the experiment's (e.g. more seeds of the rows that matter)."""
     from benchmarks import quality  # noqa: E402 - the benchmark next to this file
 
     for i in ids:
         e = EXPERIMENTS[i]
-        argv = list(e["argv"]) + ["--compare", "baselines", "--methods", *e["methods"], "--out", os.path.join(out, i)]
+        argv = list(e["argv"]) + ["--compare", "baselines", "--methods", *(methods or e["methods"]),
+                                  "--out", os.path.join(out, i)]
+        if seeds:
+            argv += ["--seeds", *map(str, seeds)]
         print(f"[diagnosis {time.strftime('%H:%M:%S')}] {i}: {e['what']}", flush=True)
         quality.main(argv)
 
 
 def report(out: str) -> str:
     lines = ["| id | what changed | floor lin / kNN | method | lin / kNN | gain lin / kNN | ceiling lin / kNN |"
-             " gap closed lin / kNN | pretrain min |", "|---|---|---|---|---|---|---|---|---|"]
+             " gap closed lin / kNN | seeds | pretrain min |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i, e in EXPERIMENTS.items():
         path = os.path.join(out, i, "results.jsonl")
         if not os.path.isfile(path):
@@ -98,6 +103,12 @@ def report(out: str) -> str:
             a, b = m(name, "linear_top1"), m(name, "knn_top1")
             return "–" if a is None else f"{a:.1f} / {b:.1f}"
 
+        def per_seed_gains(meth):
+            """Per-seed method − floor (same seed), linear and kNN."""
+            floor = {r["seed"]: r for r in rows.get("random", [])}
+            return [(r["linear_top1"] - floor[r["seed"]]["linear_top1"], r["knn_top1"] - floor[r["seed"]]["knn_top1"])
+                    for r in rows[meth] if r["seed"] in floor]
+
         for meth in [x for x in e["methods"] if x not in ("random", "supervised")]:
             if meth not in rows:
                 continue
@@ -107,8 +118,15 @@ def report(out: str) -> str:
                 gains.append("–" if lo is None else f"{v - lo:+.1f}")
                 gaps.append("–" if None in (lo, hi) or hi <= lo else f"{(v - lo) / (hi - lo):.2f}")
             mins = statistics.fmean(r["pretrain_s"] for r in rows[meth]) / 60
+            seeds = sorted(r["seed"] for r in rows[meth])
             lines.append(f"| {i} | {e['what']} | {pair('random')} | {meth} | {pair(meth)} | {' / '.join(gains)} | "
-                         f"{pair('supervised')} | {' / '.join(gaps)} | {mins:.1f} |")
+                         f"{pair('supervised')} | {' / '.join(gaps)} | {','.join(map(str, seeds))} | {mins:.1f} |")
+            if len(seeds) > 1:
+                per = per_seed_gains(meth)
+                sds = [max(statistics.stdev(r[k] for r in rows[meth]), statistics.stdev(r[k] for r in rows["random"]))
+                       for k in ("linear_top1", "knn_top1")] if len(rows.get("random", [])) > 1 else [float("nan")] * 2
+                lines.append(f"|  | per-seed gain (lin, kNN): {', '.join(f'({a:+.1f}, {b:+.1f})' for a, b in per)}; "
+                             f"2 × larger seed sd: {2 * sds[0]:.1f} / {2 * sds[1]:.1f} | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -118,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", nargs="+", metavar="ID", help="experiments to run (resumable)")
     ap.add_argument("--list", action="store_true", help="print the experiments and exit")
     ap.add_argument("--report", action="store_true", help="tabulate finished experiments")
+    ap.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the experiment's, seed 0)")
+    ap.add_argument("--methods", nargs="+", help="rows to run (default: the experiment's)")
     args = ap.parse_args(argv)
     if args.list:
         for i, e in EXPERIMENTS.items():
@@ -127,7 +147,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown experiment(s) {', '.join(unknown)}; --list shows them")
     if args.run:
-        run(args.run, args.out)
+        run(args.run, args.out, args.seeds, args.methods)
     if args.report or args.run:
         table = report(args.out)
         print(table)
