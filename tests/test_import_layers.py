@@ -29,7 +29,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("config", ("harl.config", "harl.config_values")),
     ("ops", ("harl.ops",
              "harl.masks.ops")),  # small pure mask operations
-    ("nn", ("harl.backbones", "harl.heads", "harl.losses", "harl.optim", "harl.checkpoint")),
+    ("nn", ("harl.backbones", "harl.heads", "harl.losses", "harl.optim", "harl.checkpoint", "harl.weights")),
     ("data", ("harl.data",)),
     ("methods", ("harl.methods",
                  "harl.eval.pretrained")),  # loading a pretrained backbone (SGM's saliency net, eval, zoo)

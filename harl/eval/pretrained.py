@@ -59,7 +59,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harl.checkpoint import load_backbone, read_backbone_state_dict, read_run_config
+from harl.weights import load_backbone, read_backbone_state_dict, read_run_config
 from harl.errors import CheckpointMismatchError
 from harl.registry import METHODS
 

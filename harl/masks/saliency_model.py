@@ -111,7 +111,7 @@ def load_backbone_checkpoint(checkpoint: str, backbone: nn.Module) -> nn.Module:
     An argument adapter kept for its name: the load is :func:`harl.checkpoint.load_backbone`, the one
     path from a weights file into a backbone (the architecture comes from the head file here).
     """
-    from harl.checkpoint import load_backbone  # lazy: imports lightning
+    from harl.weights import load_backbone  # lazy: keeps start-up light
 
     return load_backbone(checkpoint, backbone)
 
@@ -151,13 +151,13 @@ def load_saliency_model(weights: str, checkpoint: Optional[str] = None, device: 
                 f"(sha256 differs from {recorded[:12]}…)")
         load_backbone_checkpoint(ckpt, backbone)
     elif "backbone_state_dict" in obj:
-        from harl.checkpoint import strict_load  # lazy: imports lightning
+        from harl.weights import strict_load  # lazy: keeps start-up light
 
         strict_load(backbone, obj["backbone_state_dict"], source=f"saliency weights '{weights}'")
     else:
         raise SaliencyWeightsError(f"'{weights}' names no backbone checkpoint; pass --checkpoint")
     head = SaliencyHead(int(obj["num_features"]))
-    from harl.checkpoint import strict_load  # lazy: imports lightning
+    from harl.weights import strict_load  # lazy: keeps start-up light
 
     strict_load(head, obj["head"], source=f"saliency weights '{weights}'")
     model = SaliencyModel(backbone, head).to(device).eval()

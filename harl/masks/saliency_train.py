@@ -130,7 +130,7 @@ def resolve_backbone(cfg: SaliencyTrainConfig) -> Tuple[str, Dict[str, Any]]:
     if cfg.backbone:
         return cfg.backbone, dict(cfg.backbone_kwargs)
     if cfg.checkpoint:
-        from harl.checkpoint import read_run_config  # lazy: imports lightning
+        from harl.weights import read_run_config  # lazy: keeps start-up light
         from harl.eval.pretrained import architecture_from_run_config  # lazy: imports lightning
 
         run_cfg = read_run_config(cfg.checkpoint)

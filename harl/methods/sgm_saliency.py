@@ -122,7 +122,7 @@ def load_frozen_backbone(path: str, backbone_name: Optional[str] = None,
         (backbone, (mean, std) it expects, or None when unknown).
     """
     from harl.backbones import build_backbone
-    from harl.checkpoint import load_backbone, read_backbone_state_dict
+    from harl.weights import load_backbone, read_backbone_state_dict
     from harl.eval.pretrained import infer_resnet_architecture, load_pretrained_backbone
 
     if not path or not os.path.isfile(str(path)):

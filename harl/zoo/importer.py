@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from harl.checkpoint import read_checkpoint
+from harl.weights import read_checkpoint
 from harl.errors import CheckpointMismatchError
 from harl.registry import Registry
 from harl.zoo.weights import BackboneWeights, build_harl_backbone, infer_resnet_arch

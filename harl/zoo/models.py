@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from harl.backbones.resnet_spec import ResNetSpec
-from harl.checkpoint import strict_load
+from harl.weights import strict_load
 from harl.registry import Registry
 from harl.zoo.weights import BackboneWeights, build_harl_backbone, read_backbone_weights
 from harl.errors import UnsupportedExport

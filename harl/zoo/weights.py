@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from harl.backbones.resnet_spec import RESNET_ARCH_KWARGS, RESNET_NAMES, ResNetSpec  # noqa: F401  (re-exported)
-from harl.checkpoint import read_run_config, strict_load
+from harl.weights import read_run_config, strict_load
 from harl.errors import CheckpointMismatchError
 from harl.utils.io import atomic_write_bytes
 from harl.eval.pretrained import infer_resnet_architecture

@@ -8,7 +8,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-from harl.checkpoint import atomic_write_text, read_run_config
+from harl.utils.io import atomic_write_text
+from harl.weights import read_run_config
 
 
 def _read_json(path: str) -> Optional[dict]:
