@@ -86,11 +86,13 @@ def build_data(args) -> str:
 def scene_overrides(items: List[str]) -> Dict[str, object]:
     """``--scene key=value`` options as FashionScenesParams keyword arguments (values parsed as YAML:
     ``scale=[0.5,0.9]``, ``background=plain``, ``photos=[astronaut,coffee]``)."""
+    import dataclasses
+
     import yaml
 
     from harl.data.fashion_scenes import FashionScenesParams
 
-    known = {f.name for f in __import__("dataclasses").fields(FashionScenesParams)}
+    known = {f.name for f in dataclasses.fields(FashionScenesParams)}
     out: Dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
