@@ -28,6 +28,7 @@ from torch import nn
 from harl.backbones import BACKBONES, build_backbone
 from harl.backbones.resnet_spec import dataset_cifar_stem
 from harl.errors import ConfigError
+from harl.heads import momentum_copy
 from harl.methods.knn_monitor import WeightedKNN
 from harl.optim import StepDecay, WarmupCosine, build_optimizer, cosine_increase, split_bias_and_norm
 from harl.registry import METHODS
@@ -317,9 +318,7 @@ class BaseMomentumMethod(BaseMethod):
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        self.momentum_backbone = copy.deepcopy(self.backbone)
-        for p in self.momentum_backbone.parameters():
-            p.requires_grad = False
+        self.momentum_backbone = momentum_copy(self.backbone)
         self.momentum_classifier = None
         if cfg.momentum.classifier:
             self.momentum_classifier = nn.Linear(self.features_dim, self.num_classes)

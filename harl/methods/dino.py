@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
 
-from harl.heads import DINOHead
+from harl.heads import DINOHead, momentum_copy
 from harl.losses import dino_loss
 from harl.methods.base import BaseMomentumMethod
 from harl.methods.registry import METHODS
@@ -48,9 +47,7 @@ class DINO(BaseMomentumMethod):
         self.center_momentum = float(kw.center_momentum)
         self.head = DINOHead(self.features_dim, kw.proj_hidden_dim, kw.proj_output_dim, kw.num_prototypes,
                              norm_last_layer=bool(kw.norm_last_layer))
-        self.momentum_head = copy.deepcopy(self.head)
-        for p in self.momentum_head.parameters():
-            p.requires_grad = False
+        self.momentum_head = momentum_copy(self.head)
         self.register_buffer("center", torch.zeros(1, int(kw.num_prototypes)))
 
     @classmethod

@@ -32,7 +32,6 @@ heads run and how its instance loss is computed.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, ClassVar, Dict, List, Tuple
 
 import torch
@@ -41,7 +40,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harl.backbones.resnet import SSLResNet
-from harl.heads import conv_mlp
+from harl.heads import conv_mlp, momentum_copy
 from harl.losses import byol_loss
 from harl.losses.hapicl import PIX_POSITIVES, PIX_VARIANTS, pixel_contrastive_loss_and_stats
 from harl.methods.base import BaseMethod, BaseMomentumMethod
@@ -255,9 +254,7 @@ class HAPiCLMomentum(HAPiCL):
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        self.momentum_pixel_head = copy.deepcopy(self.pixel_head)
-        for p in self.momentum_pixel_head.parameters():
-            p.requires_grad = False
+        self.momentum_pixel_head = momentum_copy(self.pixel_head)
 
     @property
     def momentum_pairs(self):

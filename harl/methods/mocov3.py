@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List
 
 import torch
 
-from harl.heads import mlp
+from harl.heads import mlp, momentum_copy
 from harl.losses import mocov3_loss
 from harl.methods.base import BaseMomentumMethod, require_two_large_crops
 from harl.methods.registry import METHODS
@@ -41,9 +40,7 @@ class MoCoV3(BaseMomentumMethod):
         if _is_vit(self.backbone):
             proj_dims = [self.features_dim, hidden, hidden, out_dim]
         self.projector = mlp(proj_dims, bias=False, last_bn=True)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self.momentum_projector.parameters():
-            p.requires_grad = False
+        self.momentum_projector = momentum_copy(self.projector)
         self.predictor = mlp([out_dim, int(kw.pred_hidden_dim), out_dim], bias=False)
 
     @classmethod

@@ -9,10 +9,11 @@ applied in :meth:`momentum_forward`. A method lists the mixin before its base cl
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List
 
 import torch
+
+from harl.heads import momentum_copy
 
 
 class ProjectorMixin:
@@ -32,9 +33,7 @@ class MomentumProjectorMixin(ProjectorMixin):
 
     def make_momentum_projector(self) -> None:
         """``self.momentum_projector``: a frozen copy of ``self.projector`` (updated by EMA only)."""
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self.momentum_projector.parameters():
-            p.requires_grad = False
+        self.momentum_projector = momentum_copy(self.projector)
 
     @property
     def momentum_pairs(self):
